@@ -1,0 +1,92 @@
+"""Airport latitude, longitude and time zone by IATA code, and local-time -> UTC conversion.
+
+Default table: the PyPI package ``airportsdata`` (IANA time zones). ``--airports FILE`` takes the BTS
+master coordinate table (or the "2015 Flight Delays" airports.csv) for coordinates; the time zone
+still comes from airportsdata, and only where it lacks the airport does the BTS fixed
+UTC offset serve (no daylight saving there: such rows are logged).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import io
+import logging
+from zoneinfo import ZoneInfo
+
+logger = logging.getLogger(__name__)
+
+Airport = tuple  # (lat, lon, tz): tz is an IANA name or a fixed offset "+HHMM"/"-HHMM"
+
+
+def load_airports(path: str | None = None) -> dict[str, Airport]:
+    import airportsdata
+
+    iata = airportsdata.load("IATA")
+    table = {code: (float(a["lat"]), float(a["lon"]), a["tz"]) for code, a in iata.items() if a.get("tz")}
+    if not path:
+        return table
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        text = f.read().decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise ValueError(f"--airports {path}: no rows")
+    fields = rows[0].keys()
+    if "AIRPORT" in fields and "UTC_LOCAL_TIME_VARIATION" in fields:
+        code_col, latest = "AIRPORT", "AIRPORT_IS_LATEST"
+    elif "IATA_CODE" in fields:
+        code_col, latest = "IATA_CODE", None
+    else:
+        raise ValueError(
+            f"--airports {path}: expected the BTS master coordinate table (AIRPORT, LATITUDE, LONGITUDE, "
+            f"UTC_LOCAL_TIME_VARIATION, ...) or an IATA_CODE,LATITUDE,LONGITUDE table; got columns {list(fields)[:8]}"
+        )
+    result: dict[str, Airport] = {}
+    fixed = 0
+    for row in rows:
+        if latest and row.get(latest) not in ("1", ""):
+            continue
+        try:
+            code, lat, lon = row[code_col].strip(), float(row["LATITUDE"]), float(row["LONGITUDE"])
+        except (KeyError, ValueError):
+            continue  # rows without coordinates cannot place a flight; airports absent here are rejected per flight
+        tz = table.get(code, (None, None, None))[2]
+        if tz is None and row.get("UTC_LOCAL_TIME_VARIATION", "").strip():
+            tz = row["UTC_LOCAL_TIME_VARIATION"].strip()
+            fixed += 1
+        if tz:
+            result[code] = (lat, lon, tz)
+    if fixed:
+        logger.warning("%d airports of %s have no IANA time zone: using their fixed UTC offset", fixed, path)
+    logger.info("loaded %d airports from %s", len(result), path)
+    return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _zone(tz: str) -> dt.tzinfo:
+    if tz[:1] in "+-" and tz[1:].isdigit():
+        sign = -1 if tz[0] == "-" else 1
+        return dt.timezone(sign * dt.timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5] or 0)))
+    return ZoneInfo(tz)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def local_to_utc(date: str, minutes: int, tz: str) -> int:
+    """UTC epoch seconds of local wall-clock ``date`` (YYYY-MM-DD) + ``minutes`` at ``tz``.
+
+    The offset is the one in force at that instant (not at local midnight), so times after the
+    2 AM daylight-saving change are right. minutes may be 1440 ("2400"): the next day's 00:00.
+    A wall time that does not exist (spring-forward gap) or exists twice (fall-back) takes the
+    offset in force before the change (PEP 495 fold=0).
+    """
+    y, m, d = int(date[:4]), int(date[5:7]), int(date[8:10])
+    naive = dt.datetime(y, m, d) + dt.timedelta(minutes=minutes)
+    return int(naive.replace(tzinfo=_zone(tz)).timestamp())
+
+
+def utc_to_local_string(ts: int, tz: str) -> str:
+    """UTC epoch seconds -> "YYYY-MM-DD HH:MM" wall clock at ``tz``."""
+    return dt.datetime.fromtimestamp(ts, _zone(tz)).strftime("%Y-%m-%d %H:%M")

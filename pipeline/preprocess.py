@@ -1,0 +1,188 @@
+"""Raw records -> cleaned, windowed, split TFRecord shards plus the tensorflow-transform graph.
+
+Locally (DirectRunner, the default):
+    python -m pipeline.preprocess --dataset flights --output_dir /tmp/flights
+    python -m pipeline.preprocess --dataset flights \
+        --input ../shared/data/flights/kaggle_2015-01-01_to_04.csv.gz --output_dir /tmp/f
+
+On Dataflow (see run_dataflow.sh, which fills these in and checks them):
+    python -m pipeline.preprocess --dataset flights --input gs://BUCKET/raw/*.csv.gz \
+        --output_dir gs://BUCKET/flights --runner DataflowRunner --project P --region R \
+        --temp_location gs://BUCKET/tmp --setup_file ./setup.py
+
+Outputs under --output_dir: {train,valid,test}/ (transformed tf.Examples), raw/{train,valid,test}/
+(the same rows before the transform), transform_fn/, transformed_metadata/, metadata/ (raw schema),
+rejected/ and excluded/ (JSON lines with stage and reason), manifest.json (counts that reconcile).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import manifest
+from pipeline.arrow import ToRecordBatches, encode_examples, tfxio_for
+from pipeline.io import InputError, ReadRawLines, parser_factory, plan_inputs
+from pipeline.options import UsageError, parse_options
+from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, to_json_line
+from pipeline.split import SPLITS, choose_unit, parse_fractions, partition_index
+from pipeline.transform import AnalyzeAndTransformSplits, write_tfrecords
+from pipeline.windowing import LookbackAggregates
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(name: str):
+    """The dataset module: SCHEMA, make_layouts, default_input, WINDOW_FEATURES, split_key, preprocessing_fn."""
+    return importlib.import_module(f"pipeline.{name}")
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuses to mix two runs' shards: a non-empty output directory needs --overwrite."""
+    existing = [m.path for r in FileSystems.match([output_dir.rstrip("/") + "/**"]) for m in r.metadata_list]
+    if not existing:
+        return
+    if not overwrite:
+        raise UsageError(f"--output_dir {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it")
+    logger.info("--overwrite: deleting %d files under %s", len(existing), output_dir)
+    FileSystems.delete([output_dir])
+
+
+def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: int, fractions, split_by: str) -> None:
+    """Wires the graph; must run inside ``tft_beam.Context``."""
+    schema = dataset.SCHEMA
+    optional = [n for n in schema.example_columns if not schema.columns[n].required]
+    lines = p | "ReadRawLines" >> ReadRawLines(plan, layouts)
+    parsed = lines | "ParseAndValidate" >> beam.ParDo(
+        ParseRows(parser_factory(plan, layouts), schema)
+    ).with_outputs(REJECTED, EXCLUDED, main="records")
+    unique = parsed.records | "Deduplicate" >> Deduplicate(schema.columns)
+    windowed = unique.records | "AddWindowFeatures" >> LookbackAggregates(
+        dataset.WINDOW_FEATURES, window_s, dataset.WINDOW_BUCKET_SECONDS
+    )
+    units = dataset.SPLIT_UNITS
+    coarsest = next(iter(units.values()))
+    n_coarse = (
+        windowed
+        | "CoarseSplitKeys" >> beam.Map(coarsest)
+        | "DistinctCoarseKeys" >> beam.Distinct()
+        | "CountCoarseKeys" >> beam.combiners.Count.Globally()
+    )
+    by_split = windowed | "AssignSplit" >> beam.Partition(
+        partition_index, len(SPLITS), units, split_by, fractions, beam.pvalue.AsSingleton(n_coarse)
+    )
+
+    tfxio = tfxio_for(schema)
+    arrow_schema = tfxio.ArrowSchema()
+    batches = {}
+    count_keys = [
+        lines | "CountRead" >> beam.Map(manifest.read_key),
+        n_coarse | "CountSplitUnit" >> beam.FlatMap(manifest.split_unit_keys, list(units), split_by),
+    ]
+    for split, records in zip(SPLITS, by_split):
+        name = split.capitalize()
+        batches[split] = records | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
+        _ = (
+            batches[split]
+            | f"EncodeRaw{name}Examples" >> beam.FlatMap(encode_examples)
+            | write_tfrecords(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
+        )
+        count_keys.append(records | f"Count{name}" >> beam.FlatMap(manifest.split_keys, split, optional))
+    _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(dataset.preprocessing_fn, tfxio, output_dir)
+
+    rejected = (parsed[REJECTED], unique[REJECTED]) | "FlattenRejected" >> beam.Flatten()
+    for tag, pcoll, key_fn in ((REJECTED, rejected, manifest.rejected_key), (EXCLUDED, parsed[EXCLUDED], manifest.excluded_key)):
+        name = tag.capitalize()
+        _ = (
+            pcoll
+            | f"Format{name}" >> beam.Map(to_json_line)
+            | f"Write{name}" >> beam.io.WriteToText(os.path.join(output_dir, tag, "part"), file_name_suffix=".jsonl")
+        )
+        count_keys.append(pcoll | f"Count{name}" >> beam.Map(key_fn))
+    _ = count_keys | "FlattenCounts" >> beam.Flatten() | "WriteCounts" >> manifest.WriteCounts(output_dir)
+
+
+def run(argv=None) -> dict:
+    """Parses flags, runs the pipeline, writes and returns the manifest."""
+    import tensorflow_transform.beam as tft_beam
+
+    options, ours = parse_options(argv)
+    dataset = load_dataset(ours.dataset)
+    layouts = dataset.make_layouts(ours)
+    if ours.input:
+        pattern, input_format = ours.input, ours.input_format
+    else:
+        pattern, input_format = dataset.default_input(ours)
+    plan = plan_inputs(pattern, layouts, input_format)
+    fractions = parse_fractions(ours.split_fractions or dataset.SCHEMA.split_fractions)
+    choose_unit(list(dataset.SPLIT_UNITS), ours.split_by, 0)  # fail on a wrong --split_by before running
+    output_dir = ours.output_dir
+    prepare_output_dir(output_dir, ours.overwrite)
+    temp_dir = os.path.join(output_dir, "_tmp")
+
+    started = time.time()
+    logger.info("preprocessing %s: %d input files -> %s", ours.dataset, len(plan), output_dir)
+    with beam.Pipeline(options=options) as p:
+        with tft_beam.Context(temp_dir=temp_dir):
+            build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by)
+    wall = time.time() - started
+
+    summary = manifest.summarize(manifest.read_counts(output_dir), SPLITS)
+    result = {
+        "dataset": ours.dataset,
+        **summary,
+        "inputs": [{"path": f.path, "layout": f.layout} for f in plan],
+        "options": {
+            "window_minutes": ours.window_minutes,
+            "split_by": ours.split_by,
+            "split_fractions": dict(zip(SPLITS, fractions)),
+            "airports": ours.airports or "airportsdata",
+            "runner": options.get_all_options().get("runner") or "DirectRunner",
+        },
+        "versions": manifest.package_versions(),
+        "wall_seconds": round(wall, 1),
+    }
+    manifest.write_json(os.path.join(output_dir, "manifest.json"), result)
+    FileSystems.delete([os.path.join(output_dir, manifest.COUNTS_DIR), temp_dir])
+    _log_summary(result)
+    if not result["reconciled"]:
+        raise RuntimeError(f"counts do not reconcile, see {output_dir}/manifest.json")
+    if not result["splits"]["train"]:
+        raise RuntimeError(
+            f"the train split is empty (split by {result['split_unit']}; input spans {result['distinct_coarse_split_keys']}): "
+            "the transform was analysed on nothing. Give more data, or a finer --split_by or other --split_fractions"
+        )
+    return result
+
+
+def _log_summary(m: dict) -> None:
+    logger.info(
+        "read %d rows: %d written (%s), %d rejected, %d excluded in %.1fs",
+        m["rows_read"], m["rows_written"], ", ".join(f"{k} {v}" for k, v in m["splits"].items()),
+        m["rows_rejected"], m["rows_excluded"], m["wall_seconds"],
+    )
+    for stage, reasons in m["rejected"].items():
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            logger.info("  rejected at %s: %s x%d", stage, reason, n)
+    for reason, n in m["excluded"].items():
+        logger.info("  excluded: %s x%d", reason, n)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except (UsageError, InputError) as e:
+        logger.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

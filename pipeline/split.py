@@ -1,0 +1,57 @@
+"""Deterministic train/valid/test assignment from a hash of a split key (e.g. the flight date).
+
+The same key always lands in the same split, on any machine and in any rerun, and every row that
+shares a key (all flights of a day) shares a split, so a day never straddles two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+SPLITS = ("train", "valid", "test")
+AUTO = "auto"
+# Below this many distinct coarse keys (e.g. days), whole-key splits are too lumpy to give three
+# splits near the asked fractions, so "auto" moves to the next finer unit.
+MIN_KEYS_FOR_COARSE_UNIT = 10
+
+
+def parse_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
+    """"60,20,20" or "0.6,0.2,0.2" -> (0.6, 0.2, 0.2); errors say what is wrong."""
+    parts = [float(p) for p in text.split(",")] if isinstance(text, str) else [float(p) for p in text]
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"split fractions must be three non-negative numbers, got {text!r}")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def hash_fraction(key: str) -> float:
+    """A uniform number in [0, 1) from ``key``; stable across processes (unlike ``hash``)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_split(key: str, fractions: Sequence[float]) -> str:
+    u = hash_fraction(key)
+    train, valid, _ = fractions
+    if u < train:
+        return "train"
+    if u < train + valid:
+        return "valid"
+    return "test"
+
+
+def choose_unit(units: Sequence[str], split_by: str, n_coarse_keys: int) -> str:
+    """The split unit: the named one, or for "auto" the coarsest with enough distinct keys."""
+    if split_by != AUTO:
+        if split_by not in units:
+            raise ValueError(f"--split_by {split_by!r} is not one of: {', '.join((AUTO, *units))}")
+        return split_by
+    if len(units) == 1 or n_coarse_keys >= MIN_KEYS_FOR_COARSE_UNIT:
+        return units[0]
+    return units[1]
+
+
+def partition_index(record, _num_partitions, units, split_by, fractions, n_coarse_keys) -> int:
+    unit = choose_unit(list(units), split_by, n_coarse_keys)
+    return SPLITS.index(assign_split(units[unit](record), fractions))
