@@ -232,7 +232,7 @@ def _csv_parser(cols: dict, airports: dict):
             values = next(csv.reader([line]))
             if len(values) != width:
                 raise Reject(f"line: {len(values)} fields where the header has {width}")
-            return canonical_flight(dict(zip(names, values)), cols, airports)
+            return canonical_flight(dict(zip(names, values, strict=True)), cols, airports)
 
         return parse
 

@@ -85,7 +85,7 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
         lines | "CountRead" >> beam.Map(manifest.read_key),
         n_coarse | "CountSplitUnit" >> beam.FlatMap(manifest.split_unit_keys, list(units), split_by),
     ]
-    for split, records in zip(SPLITS, by_split):
+    for split, records in zip(SPLITS, by_split, strict=True):
         name = split.capitalize()
         batches[split] = records | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
         _ = (
@@ -141,7 +141,7 @@ def run(argv=None) -> dict:
         "options": {
             "window_minutes": ours.window_minutes,
             "split_by": ours.split_by,
-            "split_fractions": dict(zip(SPLITS, fractions)),
+            "split_fractions": dict(zip(SPLITS, fractions, strict=True)),
             "airports": ours.airports or "airportsdata",
             "runner": options.get_all_options().get("runner") or "DirectRunner",
         },

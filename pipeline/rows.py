@@ -76,8 +76,16 @@ class ParseRows(beam.DoFn):
         self._make_parser = make_parser
         self._schema = schema
         self._parsers: dict[str, Callable] = {}
+        # Live progress in the runner's UI (Dataflow console); the manifest's exact counts come from data.
+        self._counters = {k: beam.metrics.Metrics.counter("parse", k) for k in ("rows", REJECTED, EXCLUDED)}
 
     def process(self, element):
+        for out in self._process(element):
+            tag = out.tag if isinstance(out, beam.pvalue.TaggedOutput) else "rows"
+            self._counters[tag].inc()
+            yield out
+
+    def _process(self, element):
         source, raw = element
         try:
             line = raw.decode("utf-8") if isinstance(raw, bytes) else raw

@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 
 import apache_beam as beam
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
 
 from pipeline import flights
 from pipeline.airports import load_airports
