@@ -229,7 +229,10 @@ def _csv_parser(cols: dict, airports: dict):
         width = len(names)
 
         def parse(line: str) -> dict:
-            values = next(csv.reader([line]))
+            try:
+                values = next(csv.reader([line]))
+            except csv.Error as e:
+                raise Reject(f"line: not valid CSV ({e})") from None
             if len(values) != width:
                 raise Reject(f"line: {len(values)} fields where the header has {width}")
             return canonical_flight(dict(zip(names, values, strict=True)), cols, airports)
