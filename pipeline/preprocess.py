@@ -28,12 +28,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, encode_examples, tfxio_for
-from pipeline.io import InputError, ReadRawLines, parser_factory, plan_inputs
+from pipeline.io import InputError, plan_inputs
 from pipeline.options import UsageError, parse_options
-from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, to_json_line
 from pipeline.split import SPLITS, choose_unit, parse_fractions, partition_index
+from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, write_tfrecords
-from pipeline.windowing import LookbackAggregates
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +57,8 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
     """Wires the graph; must run inside ``tft_beam.Context``."""
     schema = dataset.SCHEMA
     optional = [n for n in schema.example_columns if not schema.columns[n].required]
-    lines = p | "ReadRawLines" >> ReadRawLines(plan, layouts)
-    parsed = lines | "ParseAndValidate" >> beam.ParDo(
-        ParseRows(parser_factory(plan, layouts), schema)
-    ).with_outputs(REJECTED, EXCLUDED, main="records")
-    unique = parsed.records | "Deduplicate" >> Deduplicate(schema.columns)
-    windowed = unique.records | "AddWindowFeatures" >> LookbackAggregates(
-        dataset.WINDOW_FEATURES, window_s, dataset.WINDOW_BUCKET_SECONDS
-    )
+    cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s)
+    lines, windowed = cleaned[LINES], cleaned[RECORDS]
     units = dataset.SPLIT_UNITS
     coarsest = next(iter(units.values()))
     n_coarse = (
@@ -96,15 +89,7 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
         count_keys.append(records | f"Count{name}" >> beam.FlatMap(manifest.split_keys, split, optional))
     _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(dataset.preprocessing_fn, tfxio, output_dir)
 
-    rejected = (parsed[REJECTED], unique[REJECTED]) | "FlattenRejected" >> beam.Flatten()
-    for tag, pcoll, key_fn in ((REJECTED, rejected, manifest.rejected_key), (EXCLUDED, parsed[EXCLUDED], manifest.excluded_key)):
-        name = tag.capitalize()
-        _ = (
-            pcoll
-            | f"Format{name}" >> beam.Map(to_json_line)
-            | f"Write{name}" >> beam.io.WriteToText(os.path.join(output_dir, tag, "part"), file_name_suffix=".jsonl")
-        )
-        count_keys.append(pcoll | f"Count{name}" >> beam.Map(key_fn))
+    count_keys.append(cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir))
     _ = count_keys | "FlattenCounts" >> beam.Flatten() | "WriteCounts" >> manifest.WriteCounts(output_dir)
 
 

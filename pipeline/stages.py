@@ -1,0 +1,64 @@
+"""The composite stages shared by preprocessing and batch prediction, so both run the very same
+parsing, cleaning and windowing (not a copy), and write dead letters the same way."""
+
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+
+from pipeline import manifest
+from pipeline.io import ReadRawLines, parser_factory
+from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, to_json_line
+from pipeline.windowing import LookbackAggregates
+
+LINES = "lines"
+RECORDS = "records"
+
+
+class CleanAndWindow(beam.PTransform):
+    """Reads the planned raw files -> parsed, validated, de-duplicated records with windowed features.
+
+    Returns a dict: ``lines`` (every raw line read), ``records``, ``rejected`` and ``excluded``.
+    """
+
+    def __init__(self, dataset, plan, layouts, window_s: int):
+        super().__init__()
+        self._dataset = dataset
+        self._plan = plan
+        self._layouts = layouts
+        self._window_s = window_s
+
+    def expand(self, pbegin):
+        schema = self._dataset.SCHEMA
+        lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
+        parsed = lines | "ParseAndValidate" >> beam.ParDo(
+            ParseRows(parser_factory(self._plan, self._layouts), schema)
+        ).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
+        unique = parsed[RECORDS] | "Deduplicate" >> Deduplicate(schema.columns)
+        windowed = unique[RECORDS] | "AddWindowFeatures" >> LookbackAggregates(
+            self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
+        )
+        rejected = (parsed[REJECTED], unique[REJECTED]) | "FlattenRejected" >> beam.Flatten()
+        return {LINES: lines, RECORDS: windowed, REJECTED: rejected, EXCLUDED: parsed[EXCLUDED]}
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Writes ``rejected`` and ``excluded`` as JSON lines under output_dir; returns their count keys."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, outputs):
+        count_keys = []
+        for tag, key_fn in ((REJECTED, manifest.rejected_key), (EXCLUDED, manifest.excluded_key)):
+            name = tag.capitalize()
+            pcoll = outputs[tag]
+            _ = (
+                pcoll
+                | f"Format{name}" >> beam.Map(to_json_line)
+                | f"Write{name}" >> beam.io.WriteToText(os.path.join(self._output_dir, tag, "part"), file_name_suffix=".jsonl")
+            )
+            count_keys.append(pcoll | f"Count{name}" >> beam.Map(key_fn))
+        return count_keys | "FlattenDeadLetterCounts" >> beam.Flatten()
