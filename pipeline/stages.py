@@ -22,8 +22,9 @@ class CleanAndWindow(beam.PTransform):
     Returns a dict: ``lines`` (every raw line read), ``records``, ``rejected`` and ``excluded``.
     """
 
-    def __init__(self, dataset, plan, layouts, window_s: int):
+    def __init__(self, dataset, plan, layouts, window_s: int, labelled: bool = True):
         super().__init__()
+        self._labelled = labelled
         self._dataset = dataset
         self._plan = plan
         self._layouts = layouts
@@ -33,7 +34,7 @@ class CleanAndWindow(beam.PTransform):
         schema = self._dataset.SCHEMA
         lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
-            ParseRows(parser_factory(self._plan, self._layouts), schema)
+            ParseRows(parser_factory(self._plan, self._layouts), schema, self._labelled)
         ).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
         unique = parsed[RECORDS] | "Deduplicate" >> Deduplicate(schema.columns)
         windowed = unique[RECORDS] | "AddWindowFeatures" >> LookbackAggregates(

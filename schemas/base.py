@@ -34,6 +34,7 @@ class Column:
     max_value: float | None = None
     required: bool = True  # optional columns may be missing (None); missing is never zero
     kind: str = "numeric"  # numeric | categorical | time | location
+    outcome: bool = False  # known only after the event (the label and what it derives from)
 
     def __post_init__(self):
         if self.dtype not in _DTYPES:
@@ -85,10 +86,16 @@ class DatasetSchema:
         """Columns written to raw tf.Examples: the features and the label."""
         return tuple(n for n, c in self.columns.items() if c.role in (FEATURE, LABEL))
 
-    def check(self, record: Mapping[str, Any]) -> str | None:
-        """First range/presence violation of ``record`` as a reason naming the field, else None."""
+    def check(self, record: Mapping[str, Any], labelled: bool = True) -> str | None:
+        """First range/presence violation of ``record`` as a reason naming the field, else None.
+
+        ``labelled=False`` (records to predict) lets outcome columns be missing; present ones are still checked.
+        """
         for name, column in self.columns.items():
-            reason = column.check(name, record.get(name))
+            value = record.get(name)
+            if value is None and column.outcome and not labelled:
+                continue
+            reason = column.check(name, value)
             if reason:
                 return reason
         return None

@@ -38,14 +38,16 @@ COLUMNS = {
     "avg_taxi_out": Column(
         FLOAT, required=False, min_value=0.0, max_value=400.0, description="mean taxi_out at origin"
     ),
-    LABEL_KEY: Column(INT, role=LABEL, min_value=0, max_value=1, description="arr_delay < 15 min"),
+    LABEL_KEY: Column(INT, role=LABEL, outcome=True, min_value=0, max_value=1, description="arr_delay < 15 min"),
     # Pipeline-only: the split key, event times and values that are labels of this flight.
     "fl_date": Column(STRING, role=INTERNAL, description="flight date, local at origin, YYYY-MM-DD"),
     "flight_number": Column(STRING, role=INTERNAL, required=False),
-    "arr_delay": Column(FLOAT, role=INTERNAL, description="arrival delay, minutes: the label's source", **_DELAY),
+    "arr_delay": Column(
+        FLOAT, role=INTERNAL, outcome=True, description="arrival delay, minutes: the label's source", **_DELAY
+    ),
     "dep_ts": Column(INT, role=INTERNAL, description="actual departure, UTC epoch seconds"),
     "wheels_off_ts": Column(INT, role=INTERNAL, required=False, description="wheels-off, UTC epoch s"),
-    "arr_ts": Column(INT, role=INTERNAL, description="actual arrival, UTC epoch seconds"),
+    "arr_ts": Column(INT, role=INTERNAL, outcome=True, description="actual arrival, UTC epoch seconds"),
     "pred_ts": Column(INT, role=INTERNAL, description="prediction time: wheels-off, else departure, UTC"),
 }
 

@@ -191,3 +191,14 @@ def test_out_of_range_values_fail_the_schema_check_naming_the_field():
         parse("bts", bts_row(TAXI_OUT="inf"))  # an optional column is checked as strictly as a required one
     r = parse("bts", bts_row(TAXI_OUT="500.00"))
     assert SCHEMA.check(r).startswith("taxi_out: 500.0 above maximum")
+
+
+def test_a_flight_in_the_air_can_be_parsed_for_prediction_but_not_for_training():
+    in_the_air = bts_row(WHEELS_ON="", TAXI_IN="", ARR_TIME="", ARR_DELAY="")
+    with pytest.raises(Reject, match="arr_delay: missing"):
+        parse("bts", in_the_air)
+    r = flights.layouts(AIRPORTS, labelled=False)["bts"].make_parser(BTS_HEADER)(in_the_air)
+    assert r["arr_delay"] is None and r["arr_ts"] is None and r["ontime"] is None
+    assert r["pred_ts"] == r["wheels_off_ts"]
+    assert SCHEMA.check(r, labelled=False) is None
+    assert SCHEMA.check(r) == "ontime: missing"  # ordered by the schema: the label is declared first
