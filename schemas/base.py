@@ -68,6 +68,7 @@ class DatasetSchema:
     task: str  # "classification" | "regression"
     feature_sets: Mapping[str, tuple[str, ...]]
     split_fractions: tuple[float, float, float]
+    key_columns: tuple[str, ...] = ()  # identify a record in prediction outputs
 
     def __post_init__(self):
         if self.columns[self.label].role != LABEL:

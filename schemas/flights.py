@@ -67,6 +67,7 @@ SCHEMA = DatasetSchema(
         "all": tuple(n for n, c in COLUMNS.items() if c.role == "feature"),
     },
     split_fractions=(0.6, 0.2, 0.2),
+    key_columns=("fl_date", "carrier", "flight_number", "origin", "dest", "dep_time_local"),
 )
 
 # Lat/lon bucket count for the wide-and-deep crosses (DSG chapter 9 uses a handful per axis).

@@ -1,0 +1,202 @@
+"""Batch prediction on RAW records: the preprocessing's own parse/clean/window stages, then RunInference.
+
+Locally:
+    python -m pipeline.predict --model_dir models/flights --input ../shared/data/flights/bts_2015_sample.jsonl \
+        --output_dir /tmp/pred
+On Dataflow: add --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+and gs:// paths (the model directory included).
+
+Every input record gets one line in ``PRED/predictions-*.jsonl`` (its key fields and the model's outputs) or,
+like in preprocessing, a line in ``PRED/rejected/`` or ``PRED/excluded/`` with its reason; the manifest
+reconciles the counts. Records need not be labelled: a flight still in the air is predicted. For flights
+the windowed averages come from the other records of the same input, the only honest source of them
+without a feature store: an online caller must send them itself (see README, "Serving").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import manifest
+from pipeline.arrow import encode_examples, tfxio_for, to_record_batch
+from pipeline.io import InputError, plan_inputs
+from pipeline.options import PreprocessOptions, UsageError
+from pipeline.preprocess import load_dataset, prepare_output_dir
+from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE = "serving_tf_example"
+EXAMPLES = "examples"
+
+
+class PredictOptions(PipelineOptions):
+    """Only what prediction adds: the shared flags (--dataset, --input, --input_format, --output_dir,
+    --airports, --window_minutes, --overwrite) are preprocessing's own, so both read records alike."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--model_dir", help="the trainer's --job_dir, or an export directory itself")
+
+
+def resolve_export_dir(model_dir: str) -> str:
+    """An export directory (holding saved_model.pb) from a job dir's stable pointer or latest export."""
+    import tensorflow as tf
+
+    for candidate in (model_dir, os.path.join(model_dir, "model")):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    exports = sorted(tf.io.gfile.glob(os.path.join(model_dir, "export", "*", "saved_model.pb")))
+    if not exports:
+        raise UsageError(f"--model_dir {model_dir}: no SavedModel (saved_model.pb) in it, its model/ or export/*/")
+    return os.path.dirname(exports[-1])
+
+
+def dataset_of(model_dir: str) -> str | None:
+    """The dataset the model was trained on, from the trainer's metrics.json, if it is there."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, "metrics.json")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f).get("dataset")
+
+
+class SavedModelSignatureHandler(ModelHandler[bytes, PredictionResult, object]):
+    """Loads a SavedModel with ``tf.saved_model.load`` and calls one signature on serialized raw tf.Examples."""
+
+    def __init__(self, export_dir: str, signature: str = SIGNATURE, input_name: str = EXAMPLES, max_batch: int = 1024):
+        super().__init__()
+        self._export_dir = export_dir
+        self._signature = signature
+        self._input_name = input_name
+        self._max_batch = max_batch
+
+    def load_model(self):
+        import tensorflow as tf
+
+        return tf.saved_model.load(self._export_dir)
+
+    def run_inference(self, batch: Sequence[bytes], model, inference_args=None) -> Iterable[PredictionResult]:
+        import tensorflow as tf
+
+        outputs = model.signatures[self._signature](**{self._input_name: tf.constant(list(batch))})
+        arrays = {name: value.numpy().reshape(len(batch), -1) for name, value in outputs.items()}
+        for i, example in enumerate(batch):
+            yield PredictionResult(example, {name: _scalar(a[i]) for name, a in arrays.items()})
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self._max_batch}
+
+
+def _scalar(row):
+    values = row.tolist()
+    return values[0] if len(values) == 1 else values
+
+
+class _KeyAndEncode(beam.DoFn):
+    """Batches of records -> (key JSON, serialized raw tf.Example), encoded exactly as OUT/raw is."""
+
+    def __init__(self, arrow_schema, key_columns):
+        self._arrow_schema = arrow_schema
+        self._key_columns = key_columns
+
+    def process(self, records):
+        examples = encode_examples(to_record_batch(records, self._arrow_schema))
+        for record, example in zip(records, examples, strict=True):
+            key = {c: record.get(c) for c in self._key_columns}
+            key["source"] = record.get("_source")
+            yield json.dumps(key, sort_keys=True), example
+
+
+def _format(keyed_result) -> str:
+    key, result = keyed_result
+    return json.dumps({**json.loads(key), **result.inference}, sort_keys=True)
+
+
+def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s: int) -> None:
+    schema = dataset.SCHEMA
+    cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s, labelled=False)
+    arrow_schema = tfxio_for(schema).ArrowSchema()
+    key_columns = [c for c in schema.key_columns or schema.example_columns if c != schema.label]
+    predictions = (
+        cleaned[RECORDS]
+        | "BatchRecords" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+        | "KeyAndEncode" >> beam.ParDo(_KeyAndEncode(arrow_schema, key_columns))
+        | "RunInference" >> RunInference(KeyedModelHandler(SavedModelSignatureHandler(export_dir)))
+    )
+    _ = (
+        predictions
+        | "FormatPredictions" >> beam.Map(_format)
+        | "WritePredictions" >> beam.io.WriteToText(os.path.join(output_dir, "predictions"), file_name_suffix=".jsonl")
+    )
+    count_keys = [
+        cleaned[LINES] | "CountRead" >> beam.Map(manifest.read_key),
+        predictions | "CountPredicted" >> beam.Map(lambda _: manifest.SEP.join(("split", "predicted"))),
+        cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir),
+    ]
+    _ = count_keys | "FlattenCounts" >> beam.Flatten() | "WriteCounts" >> manifest.WriteCounts(output_dir)
+
+
+def run(argv=None) -> dict:
+    from apache_beam.io.filesystems import FileSystems
+
+    options = PipelineOptions(argv)
+    ours = options.view_as(PreprocessOptions)
+    model_dir = options.view_as(PredictOptions).model_dir
+    for flag, value in (("model_dir", model_dir), ("input", ours.input), ("output_dir", ours.output_dir)):
+        if not value:
+            raise UsageError(f"--{flag} is required")
+    dataset_name = ours.dataset or dataset_of(model_dir)
+    if not dataset_name:
+        raise UsageError("--dataset is required: the model directory has no metrics.json naming it")
+    export_dir = resolve_export_dir(model_dir)
+    dataset = load_dataset(dataset_name)
+    layouts = dataset.make_layouts(ours, labelled=False)
+    plan = plan_inputs(ours.input, layouts, ours.input_format)
+    prepare_output_dir(ours.output_dir, ours.overwrite)
+
+    started = time.time()
+    logger.info("predicting %s with %s: %d input files -> %s", dataset_name, export_dir, len(plan), ours.output_dir)
+    with beam.Pipeline(options=options) as p:
+        build(p, dataset, plan, layouts, export_dir, ours.output_dir, ours.window_minutes * 60)
+    summary = manifest.summarize(manifest.read_counts(ours.output_dir), ["predicted"])
+    result = {
+        "dataset": dataset_name,
+        "export_dir": export_dir,
+        **{k: v for k, v in summary.items() if k not in ("present_values", "split_unit", "distinct_coarse_split_keys")},
+        "rows_predicted": summary["splits"]["predicted"],
+        "inputs": [{"path": f.path, "layout": f.layout} for f in plan],
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    manifest.write_json(os.path.join(ours.output_dir, "manifest.json"), result)
+    FileSystems.delete([os.path.join(ours.output_dir, manifest.COUNTS_DIR)])
+    logger.info("read %d rows: %d predicted, %d rejected, %d excluded in %.1fs", result["rows_read"],
+                result["rows_predicted"], result["rows_rejected"], result["rows_excluded"], result["wall_seconds"])
+    if not result["reconciled"]:
+        raise RuntimeError(f"counts do not reconcile, see {ours.output_dir}/manifest.json")
+    return result
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except (UsageError, InputError) as e:
+        logger.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
