@@ -1,0 +1,360 @@
+"""Online predictions over the TensorFlow Serving REST API, on RAW inputs (the model carries the transform).
+
+    python -m trainer.serve --model_dir models/flights [--host 127.0.0.1] [--port 8501] [--model_name flights]
+
+    POST /v1/models/<name>:predict   {"instances": [{...raw features...}, ...]}   (row format)
+                                     {"inputs": {"feature": [...], ...}}           (columnar format)
+                                     {"signature_name": "serving_tf_example", "instances": [{"b64": "..."}]}
+    GET  /v1/models/<name>            model status
+    GET  /v1/models/<name>/metadata   signatures, inputs and outputs
+
+The request bodies are those of TensorFlow Serving and Vertex AI, so clients move there unchanged.
+Bad requests (malformed JSON, a missing required feature, a wrong type, an unknown field, too many
+rows, too large a body) get a 400 naming the problem; request content is only ever parsed as JSON.
+Concurrent ``serving_default`` requests are batched into one model call when they arrive together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+MAX_BODY_BYTES = 4 << 20
+MAX_ROWS = 10_000
+SERVING_INFO = os.path.join("assets.extra", "serving.json")
+
+
+class BadRequest(ValueError):
+    """A client error; the message names the field."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: str  # "float" | "int" | "string"
+    optional: bool
+
+
+def _kind(tf_dtype) -> str:
+    if tf_dtype.is_floating:
+        return "float"
+    if tf_dtype.is_integer:
+        return "int"
+    return "string"
+
+
+class LoadedModel:
+    """A SavedModel, its signatures' inputs, and which raw features may be missing."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        self.export_dir = _resolve(model_dir)
+        self.model = tf.saved_model.load(self.export_dir)
+        self.version = os.path.basename(os.path.realpath(self.export_dir))
+        info_path = os.path.join(self.export_dir, SERVING_INFO)
+        info = json.loads(tf.io.gfile.GFile(info_path).read()) if tf.io.gfile.exists(info_path) else {}
+        optional = set(info.get("optional_features", ()))
+        self.info = info
+        self.inputs: dict[str, dict[str, InputSpec]] = {}
+        self.outputs: dict[str, dict] = {}
+        for sig_name, fn in self.model.signatures.items():
+            _, kwargs = fn.structured_input_signature
+            self.inputs[sig_name] = {n: InputSpec(n, _kind(s.dtype), n in optional) for n, s in kwargs.items()}
+            self.outputs[sig_name] = fn.structured_outputs
+
+    def predict(self, signature: str, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        fn = self.model.signatures[signature]
+        out = fn(**{k: tf.constant(v) for k, v in columns.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def _resolve(model_dir: str) -> str:
+    import tensorflow as tf
+
+    for candidate in (model_dir, os.path.join(model_dir, "model")):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    exports = sorted(tf.io.gfile.glob(os.path.join(model_dir, "export", "*", "saved_model.pb")))
+    if not exports:
+        raise SystemExit(f"--model_dir {model_dir}: no SavedModel in it, its model/ or export/*/")
+    return os.path.dirname(exports[-1])
+
+
+# ------------------------------------------------------------------ request -> tensors
+def _value(spec: InputSpec, value, where: str):
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        if spec.dtype != "string":
+            raise BadRequest(f"{where}: 'b64' is only for string inputs, {spec.name!r} is {spec.dtype}")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (ValueError, TypeError):
+            raise BadRequest(f"{where}: invalid base64 in {spec.name!r}") from None
+    if value is None:
+        if not spec.optional:
+            raise BadRequest(f"{where}: required feature {spec.name!r} is null")
+        return math.nan if spec.dtype == "float" else ""
+    if spec.dtype == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequest(f"{where}: feature {spec.name!r} must be a number, got {type(value).__name__}")
+        return float(value)
+    if spec.dtype == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"{where}: feature {spec.name!r} must be an integer, got {type(value).__name__}")
+        return value
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: feature {spec.name!r} must be a string, got {type(value).__name__}")
+    return value.encode("utf-8")
+
+
+def _missing_value(spec: InputSpec, where: str):
+    if not spec.optional:
+        raise BadRequest(f"{where}: missing required feature {spec.name!r}")
+    return math.nan if spec.dtype == "float" else ""
+
+
+def _array(spec: InputSpec, values: list) -> np.ndarray:
+    dtype = {"float": np.float32, "int": np.int64, "string": object}[spec.dtype]
+    return np.asarray(values, dtype=dtype)
+
+
+def parse_request(body: dict, specs: dict[str, InputSpec]) -> tuple[dict[str, np.ndarray], int, bool]:
+    """A TF Serving request body -> (columns, rows, row_format)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object with 'instances' or 'inputs'")
+    unknown_keys = set(body) - {"instances", "inputs", "signature_name"}
+    if unknown_keys:
+        raise BadRequest(f"unknown request field(s) {sorted(unknown_keys)}")
+    if ("instances" in body) == ("inputs" in body):
+        raise BadRequest("the request must have exactly one of 'instances' (rows) or 'inputs' (columns)")
+    single = len(specs) == 1
+    if "instances" in body:
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise BadRequest("'instances' must be a non-empty list")
+        _check_rows(len(rows))
+        columns: dict[str, list] = {name: [] for name in specs}
+        for i, row in enumerate(rows):
+            where = f"instances[{i}]"
+            if single and not (isinstance(row, dict) and set(row) <= set(specs)):
+                row = {next(iter(specs)): row}  # a single-input signature takes bare values ({"b64": ...})
+            if not isinstance(row, dict):
+                raise BadRequest(f"{where}: must be an object of feature -> value")
+            unknown = sorted(set(row) - set(specs))
+            if unknown:
+                raise BadRequest(f"{where}: unknown feature(s) {unknown}; expected {sorted(specs)}")
+            for name, spec in specs.items():
+                columns[name].append(_value(spec, row[name], where) if name in row else _missing_value(spec, where))
+        return {n: _array(specs[n], v) for n, v in columns.items()}, len(rows), True
+    inputs = body["inputs"]
+    if single and (not isinstance(inputs, dict) or set(inputs) == {"b64"}):
+        inputs = {next(iter(specs)): inputs}
+    if not isinstance(inputs, dict):
+        raise BadRequest("'inputs' must be an object of feature -> list of values")
+    unknown = sorted(set(inputs) - set(specs))
+    if unknown:
+        raise BadRequest(f"inputs: unknown feature(s) {unknown}; expected {sorted(specs)}")
+    lengths = {n: len(v) for n, v in inputs.items() if isinstance(v, list)}
+    if len(lengths) != len(inputs) or len(set(lengths.values())) != 1:
+        raise BadRequest("inputs: every feature must be a list, all of the same length")
+    n = next(iter(lengths.values()))
+    _check_rows(n)
+    columns = {}
+    for name, spec in specs.items():
+        if name in inputs:
+            columns[name] = _array(spec, [_value(spec, v, f"inputs[{name!r}][{i}]") for i, v in enumerate(inputs[name])])
+        else:
+            columns[name] = _array(spec, [_missing_value(spec, "inputs")] * n)
+    return columns, n, False
+
+
+def _check_rows(n: int) -> None:
+    if n > MAX_ROWS:
+        raise BadRequest(f"{n} rows in one request; the limit is {MAX_ROWS}")
+
+
+def format_response(outputs: dict[str, np.ndarray], n: int, row_format: bool) -> dict:
+    flat = {k: v.reshape(n, -1) for k, v in outputs.items()}
+
+    def cell(a, i):
+        values = a[i].tolist()
+        return values[0] if len(values) == 1 else values
+
+    if row_format:
+        if len(flat) == 1:
+            only = next(iter(flat.values()))
+            return {"predictions": [cell(only, i) for i in range(n)]}
+        return {"predictions": [{k: cell(a, i) for k, a in flat.items()} for i in range(n)]}
+    return {"outputs": {k: [cell(a, i) for i in range(n)] for k, a in flat.items()}}
+
+
+# ------------------------------------------------------------------ batching
+class Batcher:
+    """Joins concurrent requests of one signature into a single model call (up to max_rows, max_wait)."""
+
+    def __init__(self, model: LoadedModel, signature: str, max_rows: int = 1024, max_wait_s: float = 0.002):
+        self._model = model
+        self._signature = signature
+        self._max_rows = max_rows
+        self._max_wait = max_wait_s
+        self._queue: asyncio.Queue | None = None
+
+    async def predict(self, columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((columns, n, future))
+        return await future
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            rows = batch[0][1]
+            deadline = loop.time() + self._max_wait
+            while rows < self._max_rows:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                batch.append(item)
+                rows += item[1]
+            names = batch[0][0].keys()
+            joined = {k: np.concatenate([c[k] for c, _, _ in batch]) for k in names}
+            try:
+                outputs = await loop.run_in_executor(None, self._model.predict, self._signature, joined)
+            except Exception as e:  # noqa: BLE001 - the error goes back to each waiting request
+                for _, _, future in batch:
+                    future.set_exception(e)
+                continue
+            start = 0
+            for _, n, future in batch:
+                future.set_result({k: v[start:start + n] for k, v in outputs.items()})
+                start += n
+
+
+# ------------------------------------------------------------------ app
+def create_app(model: LoadedModel, model_name: str):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    batchers = {sig: Batcher(model, sig) for sig in model.inputs}
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def check_name(request: Request) -> JSONResponse | None:
+        name = request.path_params["name"]
+        if name != model_name:
+            return error(404, f"model {name!r} not found; this server serves {model_name!r}")
+        return None
+
+    async def status(request: Request):
+        return check_name(request) or JSONResponse({"model_version_status": [
+            {"version": model.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]})
+
+    async def metadata(request: Request):
+        if (resp := check_name(request)) is not None:
+            return resp
+        sigs = {
+            sig: {
+                "inputs": {n: {"dtype": s.dtype, "optional": s.optional} for n, s in specs.items()},
+                "outputs": {n: {"dtype": o.dtype.name, "shape": o.shape.as_list()} for n, o in model.outputs[sig].items()},
+            }
+            for sig, specs in model.inputs.items()
+        }
+        return JSONResponse({"model_spec": {"name": model_name, "version": model.version},
+                             "metadata": {"signature_def": sigs, "serving": model.info}})
+
+    async def predict(request: Request):
+        if (resp := check_name(request)) is not None:
+            return resp
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                return error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return error(400, f"malformed JSON: {e}")
+        signature = body.get("signature_name", DEFAULT_SIGNATURE) if isinstance(body, dict) else DEFAULT_SIGNATURE
+        if signature not in model.inputs:
+            return error(400, f"unknown signature_name {signature!r}; available: {sorted(model.inputs)}")
+        try:
+            columns, n, row_format = parse_request(body, model.inputs[signature])
+        except BadRequest as e:
+            return error(400, str(e))
+        try:
+            outputs = await batchers[signature].predict(columns, n)
+        except Exception as e:  # noqa: BLE001 - e.g. an unparseable tf.Example: the client's input, a 400
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return error(400, f"the model rejected the input: {message}")
+        request.state.rows = n
+        return JSONResponse(format_response(outputs, n, row_format))
+
+    def logged(handler):
+        async def wrapper(request: Request):
+            started = time.perf_counter()
+            response = await handler(request)
+            rows = getattr(request.state, "rows", 0)
+            logger.info("%s %s %d rows=%d %.1fms", request.method, request.url.path, response.status_code, rows,
+                        (time.perf_counter() - started) * 1000)
+            return response
+
+        return wrapper
+
+    return Starlette(routes=[
+        Route("/v1/models/{name}", logged(status), methods=["GET"]),
+        Route("/v1/models/{name}/metadata", logged(metadata), methods=["GET"]),
+        Route("/v1/models/{name}:predict", logged(predict), methods=["POST"]),
+    ])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True, help="the trainer's --job_dir, or an export directory")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--model_name", help="the <name> in /v1/models/<name> (default: the dataset, else 'model')")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    model = LoadedModel(args.model_dir)
+    name = args.model_name or model.info.get("dataset") or "model"
+    logger.info("serving %s as %r on http://%s:%d/v1/models/%s", model.export_dir, name, args.host, args.port, name)
+    uvicorn.run(create_app(model, name), host=args.host, port=args.port, log_level="warning",
+                limit_concurrency=256, timeout_keep_alive=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
