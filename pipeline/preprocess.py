@@ -50,7 +50,19 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     if not overwrite:
         raise UsageError(f"--output_dir {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it")
     logger.info("--overwrite: deleting %d files under %s", len(existing), output_dir)
-    FileSystems.delete([output_dir])
+    delete_tree(output_dir)
+
+
+def delete_tree(path: str) -> None:
+    """Deletes a directory and everything under it, locally or on gs://.
+
+    Beam's GCS file system deletes a prefix only for a path ending in '/' (``gs://b/dir`` alone
+    matches no object and silently deletes nothing), while the local one needs the directory itself.
+    """
+    if FileSystems.get_scheme(path) in (None, "file"):
+        FileSystems.delete([path])
+    else:
+        FileSystems.delete([path.rstrip("/") + "/"])
 
 
 def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: int, fractions, split_by: str) -> None:
@@ -127,14 +139,15 @@ def run(argv=None) -> dict:
             "window_minutes": ours.window_minutes,
             "split_by": ours.split_by,
             "split_fractions": dict(zip(SPLITS, fractions, strict=True)),
-            "airports": ours.airports or "airportsdata",
+            "airports": ours.airports,
             "runner": options.get_all_options().get("runner") or "DirectRunner",
         },
         "versions": manifest.package_versions(),
         "wall_seconds": round(wall, 1),
     }
     manifest.write_json(os.path.join(output_dir, "manifest.json"), result)
-    FileSystems.delete([os.path.join(output_dir, manifest.COUNTS_DIR), temp_dir])
+    delete_tree(os.path.join(output_dir, manifest.COUNTS_DIR))
+    delete_tree(temp_dir)
     _log_summary(result)
     if not result["reconciled"]:
         raise RuntimeError(f"counts do not reconcile, see {output_dir}/manifest.json")
