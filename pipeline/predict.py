@@ -46,6 +46,10 @@ class PredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--model_dir", help="the trainer's --job_dir, or an export directory itself")
+        parser.add_argument(
+            "--output_features", action="store_true",
+            help="add each record's raw model inputs (windowed averages included) to its prediction line",
+        )
 
 
 def resolve_export_dir(model_dir: str) -> str:
@@ -107,15 +111,18 @@ def _scalar(row):
 class _KeyAndEncode(beam.DoFn):
     """Batches of records -> (key JSON, serialized raw tf.Example), encoded exactly as OUT/raw is."""
 
-    def __init__(self, arrow_schema, key_columns):
+    def __init__(self, arrow_schema, key_columns, feature_columns=()):
         self._arrow_schema = arrow_schema
         self._key_columns = key_columns
+        self._feature_columns = feature_columns
 
     def process(self, records):
         examples = encode_examples(to_record_batch(records, self._arrow_schema))
         for record, example in zip(records, examples, strict=True):
             key = {c: record.get(c) for c in self._key_columns}
             key["source"] = record.get("_source")
+            if self._feature_columns:
+                key["features"] = {c: record.get(c) for c in self._feature_columns}
             yield json.dumps(key, sort_keys=True), example
 
 
@@ -124,7 +131,7 @@ def _format(keyed_result) -> str:
     return json.dumps({**json.loads(key), **result.inference}, sort_keys=True)
 
 
-def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s: int) -> None:
+def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s: int, output_features=False) -> None:
     schema = dataset.SCHEMA
     cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s, labelled=False)
     arrow_schema = tfxio_for(schema).ArrowSchema()
@@ -132,7 +139,9 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
     predictions = (
         cleaned[RECORDS]
         | "BatchRecords" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-        | "KeyAndEncode" >> beam.ParDo(_KeyAndEncode(arrow_schema, key_columns))
+        | "KeyAndEncode" >> beam.ParDo(
+            _KeyAndEncode(arrow_schema, key_columns, schema.feature_names if output_features else ())
+        )
         | "RunInference" >> RunInference(KeyedModelHandler(SavedModelSignatureHandler(export_dir)))
     )
     _ = (
@@ -153,7 +162,8 @@ def run(argv=None) -> dict:
 
     options = PipelineOptions(argv)
     ours = options.view_as(PreprocessOptions)
-    model_dir = options.view_as(PredictOptions).model_dir
+    predict_options = options.view_as(PredictOptions)
+    model_dir = predict_options.model_dir
     for flag, value in (("model_dir", model_dir), ("input", ours.input), ("output_dir", ours.output_dir)):
         if not value:
             raise UsageError(f"--{flag} is required")
@@ -169,7 +179,8 @@ def run(argv=None) -> dict:
     started = time.time()
     logger.info("predicting %s with %s: %d input files -> %s", dataset_name, export_dir, len(plan), ours.output_dir)
     with beam.Pipeline(options=options) as p:
-        build(p, dataset, plan, layouts, export_dir, ours.output_dir, ours.window_minutes * 60)
+        build(p, dataset, plan, layouts, export_dir, ours.output_dir, ours.window_minutes * 60,
+              predict_options.output_features)
     summary = manifest.summarize(manifest.read_counts(ours.output_dir), ["predicted"])
     result = {
         "dataset": dataset_name,

@@ -369,7 +369,10 @@ def layouts() -> dict[str, Layout]:
     }
 
 
-def make_layouts(options) -> dict[str, Layout]:
+def make_layouts(options, labelled: bool = True) -> dict[str, Layout]:
+    """TLC and course layouts. Batch prediction (labelled=False) reads the same completed-trip records:
+    their cleaning rules need the dropoff and the fare, so booking-time records are not read yet."""
+    del options, labelled
     return layouts()
 
 

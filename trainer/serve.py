@@ -66,8 +66,7 @@ class LoadedModel:
         self.export_dir = _resolve(model_dir)
         self.model = tf.saved_model.load(self.export_dir)
         self.version = os.path.basename(os.path.realpath(self.export_dir))
-        info_path = os.path.join(self.export_dir, SERVING_INFO)
-        info = json.loads(tf.io.gfile.GFile(info_path).read()) if tf.io.gfile.exists(info_path) else {}
+        info = _serving_info(model_dir, self.export_dir)
         optional = set(info.get("optional_features", ()))
         self.info = info
         self.inputs: dict[str, dict[str, InputSpec]] = {}
@@ -83,6 +82,29 @@ class LoadedModel:
         fn = self.model.signatures[signature]
         out = fn(**{k: tf.constant(v) for k, v in columns.items()})
         return {k: v.numpy() for k, v in out.items()}
+
+
+def _serving_info(model_dir: str, export_dir: str) -> dict:
+    """What the export says about its inputs (assets.extra/serving.json) and, from the job's
+    metrics.json, the dataset; without serving.json the dataset's schema says which inputs are optional."""
+    import tensorflow as tf
+
+    info: dict = {}
+    metrics = os.path.join(model_dir, "metrics.json")
+    if tf.io.gfile.exists(metrics):
+        with tf.io.gfile.GFile(metrics) as f:
+            info["dataset"] = json.load(f).get("dataset")
+    path = os.path.join(export_dir, SERVING_INFO)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            return {**info, **json.load(f)}
+    if not info.get("dataset"):
+        logger.warning("no %s nor a metrics.json naming the dataset: every input is taken as required", SERVING_INFO)
+        return info
+    from schemas import get_schema
+
+    schema = get_schema(info["dataset"])
+    return {**info, "optional_features": [n for n in schema.feature_names if not schema.columns[n].required]}
 
 
 def _resolve(model_dir: str) -> str:
