@@ -88,7 +88,8 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s):
     event_t = np.asarray(event_t, dtype=np.int64)
     query_t = np.asarray(query_t, dtype=np.int64)
     vals = np.asarray(event_values, dtype=np.float64).reshape(len(event_t), -1)
-    order = np.argsort(event_t, kind="stable")
+    # Ties broken by id: the float sums, and so the features, are the same in every run.
+    order = np.lexsort((np.asarray(event_id), event_t))
     t_sorted = event_t[order]
     vals = vals[order]
     present = ~np.isnan(vals)
