@@ -5,7 +5,7 @@ google-cloud-storage and Beam's GcsIO reach the emulator through ``STORAGE_EMULA
 TensorFlow's own ``gs://`` file system (used by tensorflow-transform and the trainer) reaches it
 through the loopback HTTPS proxy tests/gcs_proxy.py. Nothing leaves 127.0.0.1.
 
-    pytest tests/test_gcs.py -m "slow or not slow"
+    pytest tests/test_gcs.py   (part of the default run: CI proves gs:// end to end)
 """
 
 from __future__ import annotations
@@ -157,7 +157,6 @@ def count_records(data: bytes) -> int:
     return n
 
 
-@pytest.mark.slow
 def test_preprocess_reads_and_writes_gcs(gcs, preprocessed):
     manifest = preprocessed
     objects = gcs.list("out/")
@@ -194,7 +193,6 @@ def trainer_unavailable() -> str | None:
     return None
 
 
-@pytest.mark.slow
 def test_train_reads_and_exports_on_gcs(gcs, preprocessed):
     reason = trainer_unavailable()
     if reason:
