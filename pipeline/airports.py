@@ -45,7 +45,7 @@ def load_airports(path: str | None = None) -> dict[str, Airport]:
             f"UTC_LOCAL_TIME_VARIATION, ...) or an IATA_CODE,LATITUDE,LONGITUDE table; got columns {list(fields)[:8]}"
         )
     result: dict[str, Airport] = {}
-    fixed = 0
+    fixed, no_tz = 0, []
     for row in rows:
         if latest and row.get(latest) not in ("1", ""):
             continue
@@ -57,10 +57,14 @@ def load_airports(path: str | None = None) -> dict[str, Airport]:
         if tz is None and row.get("UTC_LOCAL_TIME_VARIATION", "").strip():
             tz = row["UTC_LOCAL_TIME_VARIATION"].strip()
             fixed += 1
-        if tz:
-            result[code] = (lat, lon, tz)
+        if not tz:
+            no_tz.append(code)  # kept: its flights are rejected naming the missing time zone, not "unknown"
+        result[code] = (lat, lon, tz or None)
     if fixed:
         logger.warning("%d airports of %s have no IANA time zone: using their fixed UTC offset", fixed, path)
+    if no_tz:
+        logger.warning("no time zone for %d airports of %s (their flights are rejected): %s", len(no_tz), path,
+                       ", ".join(sorted(no_tz)[:20]))
     logger.info("loaded %d airports from %s", len(result), path)
     return result
 

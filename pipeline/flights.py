@@ -124,6 +124,8 @@ def _airport(airports, code: str, field: str):
     found = airports.get(code)
     if found is None:
         raise Reject(f"{field}: unknown airport {code!r}")
+    if found[2] is None:
+        raise Reject(f"{field}: no time zone known for airport {code!r}")
     return found
 
 

@@ -202,3 +202,28 @@ def test_a_flight_in_the_air_can_be_parsed_for_prediction_but_not_for_training()
     assert r["pred_ts"] == r["wheels_off_ts"]
     assert SCHEMA.check(r, labelled=False) is None
     assert SCHEMA.check(r) == "ontime: missing"  # ordered by the schema: the label is declared first
+
+
+def test_airports_from_the_bts_master_table_and_an_iata_table(tmp_path):
+    bts = tmp_path / "bts_airports.csv"
+    bts.write_text(
+        "AIRPORT_SEQ_ID,AIRPORT,LATITUDE,LONGITUDE,UTC_LOCAL_TIME_VARIATION,AIRPORT_IS_LATEST\n"
+        "1247801,JFK,40.0,-73.0,-0500,0\n"  # a superseded row: not the latest coordinates
+        "1247802,JFK,40.63972222,-73.77888889,-0500,1\n"
+        "9999901,ZZ9,10.5,-20.25,-0300,1\n"  # unknown to airportsdata: its fixed BTS offset is used
+        "9999902,ZZ8,,,-0300,1\n"  # no coordinates: cannot place a flight, left out
+    )
+    table = load_airports(str(bts))
+    assert table["JFK"] == (pytest.approx(40.63972222), pytest.approx(-73.77888889), "America/New_York")
+    assert table["ZZ9"] == (10.5, -20.25, "-0300") and "ZZ8" not in table
+    assert local_to_utc("2015-07-01", 0, "-0300") == utc("2015-07-01T03:00:00")
+    iata = tmp_path / "airports.csv"
+    iata.write_text("IATA_CODE,AIRPORT,CITY,STATE,COUNTRY,LATITUDE,LONGITUDE\nISN,Sloulin Field,Williston,ND,USA,48.17794,-103.64235\n")
+    table = load_airports(str(iata))
+    assert table["ISN"] == (48.17794, -103.64235, None)  # airportsdata has no ISN (closed in 2019): no time zone
+    with pytest.raises(Reject, match="origin: no time zone known for airport 'ISN'"):
+        flights.layouts(table)["bts"].make_parser(BTS_HEADER)(bts_row(ORIGIN="ISN"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("CODE,X\nA,1\n")
+    with pytest.raises(ValueError, match="expected the BTS master coordinate table"):
+        load_airports(str(bad))
