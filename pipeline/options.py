@@ -49,3 +49,18 @@ def parse_options(argv=None) -> tuple[PipelineOptions, PreprocessOptions]:
     if ours.window_minutes <= 0:
         raise UsageError("--window_minutes must be positive")
     return options, ours
+
+
+def run_main(run, argv=None) -> int:
+    """Entry-point wrapper: logging set up here only, and a usage or input error is one line and exit 2."""
+    import logging
+
+    from pipeline.io import InputError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except (UsageError, InputError) as e:
+        logging.getLogger(run.__module__).error("%s", e)
+        return 2
+    return 0

@@ -28,8 +28,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import manifest
 from pipeline.arrow import encode_examples, tfxio_for, to_record_batch
-from pipeline.io import InputError, plan_inputs
-from pipeline.options import PreprocessOptions, UsageError
+from pipeline.io import plan_inputs
+from pipeline.options import PreprocessOptions, UsageError, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 
@@ -200,13 +200,7 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run(argv)
-    except (UsageError, InputError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, encode_examples, tfxio_for
-from pipeline.io import InputError, plan_inputs
-from pipeline.options import UsageError, parse_options
+from pipeline.io import plan_inputs
+from pipeline.options import UsageError, parse_options, run_main
 from pipeline.split import SPLITS, choose_unit, parse_fractions, partition_index
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, write_tfrecords
@@ -173,13 +173,7 @@ def _log_summary(m: dict) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run(argv)
-    except (UsageError, InputError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":
