@@ -226,6 +226,13 @@ def format_response(outputs: dict[str, np.ndarray], n: int, row_format: bool) ->
     return {"outputs": {k: [cell(a, i) for i in range(n)] for k, a in flat.items()}}
 
 
+def _model_error(e: Exception) -> str:
+    """The line of a TensorFlow error that says what was wrong, not "Graph execution error:"."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "[[", "File "))]
+    return (useful[0] if useful else lines[0] if lines else type(e).__name__)[:300]
+
+
 # ------------------------------------------------------------------ batching
 class Batcher:
     """Joins concurrent requests of one signature into a single model call (up to max_rows, max_wait)."""
@@ -265,9 +272,19 @@ class Batcher:
             joined = {k: np.concatenate([c[k] for c, _, _ in batch]) for k in names}
             try:
                 outputs = await loop.run_in_executor(None, self._model.predict, self._signature, joined)
-            except Exception as e:  # noqa: BLE001 - the error goes back to each waiting request
-                for _, _, future in batch:
-                    future.set_exception(e)
+            except Exception as e:  # noqa: BLE001 - the error goes back to the request that caused it
+                if len(batch) == 1:
+                    batch[0][2].set_exception(e)
+                    continue
+                # One bad request (e.g. an unparseable tf.Example) fails the whole joined call: ask each
+                # request alone, so that only the bad one fails and the others get their predictions.
+                for columns, _, future in batch:
+                    try:
+                        alone = await loop.run_in_executor(None, self._model.predict, self._signature, columns)
+                    except Exception as e_alone:  # noqa: BLE001
+                        future.set_exception(e_alone)
+                    else:
+                        future.set_result(alone)
                 continue
             start = 0
             for _, n, future in batch:
@@ -336,8 +353,7 @@ def create_app(model: LoadedModel, model_name: str):
         try:
             outputs = await batchers[signature].predict(columns, n)
         except Exception as e:  # noqa: BLE001 - e.g. an unparseable tf.Example: the client's input, a 400
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return error(400, f"the model rejected the input: {message}")
+            return error(400, f"the model rejected the input: {_model_error(e)}")
         request.state.rows = n
         return JSONResponse(format_response(outputs, n, row_format))
 
