@@ -52,19 +52,6 @@ class PredictOptions(PipelineOptions):
         )
 
 
-def resolve_export_dir(model_dir: str) -> str:
-    """An export directory (holding saved_model.pb) from a job dir's stable pointer or latest export."""
-    import tensorflow as tf
-
-    for candidate in (model_dir, os.path.join(model_dir, "model")):
-        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    exports = sorted(tf.io.gfile.glob(os.path.join(model_dir, "export", "*", "saved_model.pb")))
-    if not exports:
-        raise UsageError(f"--model_dir {model_dir}: no SavedModel (saved_model.pb) in it, its model/ or export/*/")
-    return os.path.dirname(exports[-1])
-
-
 def dataset_of(model_dir: str) -> str | None:
     """The dataset the model was trained on, from the trainer's metrics.json, if it is there."""
     import tensorflow as tf
@@ -170,7 +157,12 @@ def run(argv=None) -> dict:
     dataset_name = ours.dataset or dataset_of(model_dir)
     if not dataset_name:
         raise UsageError("--dataset is required: the model directory has no metrics.json naming it")
-    export_dir = resolve_export_dir(model_dir)
+    from trainer.export import resolve_export_dir
+
+    try:
+        export_dir = resolve_export_dir(model_dir)
+    except FileNotFoundError as e:
+        raise UsageError(f"--model_dir {e}") from None
     dataset = load_dataset(dataset_name)
     layouts = dataset.make_layouts(ours, labelled=False)
     plan = plan_inputs(ours.input, layouts, ours.input_format)

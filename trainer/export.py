@@ -111,6 +111,17 @@ def serving_feature_spec(tf_transform_output, label_key: str) -> dict:
     return spec
 
 
+def resolve_export_dir(model_dir: str) -> str:
+    """The SavedModel to serve from a job dir: itself, its stable ``model/`` copy, or its newest export."""
+    for candidate in (model_dir, os.path.join(model_dir, "model")):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    exports = sorted(tf.io.gfile.glob(os.path.join(model_dir, "export", "*", "saved_model.pb")))
+    if not exports:
+        raise FileNotFoundError(f"{model_dir}: no SavedModel (saved_model.pb) in it, its model/ or export/*/")
+    return os.path.dirname(exports[-1])
+
+
 def new_export_dir(export_root: str) -> str:
     """export_root/<unix seconds>, one past the newest when two exports share a second."""
     stamp = int(time.time())

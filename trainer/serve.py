@@ -63,7 +63,9 @@ class LoadedModel:
     def __init__(self, model_dir: str):
         import tensorflow as tf
 
-        self.export_dir = _resolve(model_dir)
+        from trainer.export import resolve_export_dir
+
+        self.export_dir = resolve_export_dir(model_dir)
         self.model = tf.saved_model.load(self.export_dir)
         self.version = os.path.basename(os.path.realpath(self.export_dir))
         info = _serving_info(model_dir, self.export_dir)
@@ -105,18 +107,6 @@ def _serving_info(model_dir: str, export_dir: str) -> dict:
 
     schema = get_schema(info["dataset"])
     return {**info, "optional_features": [n for n in schema.feature_names if not schema.columns[n].required]}
-
-
-def _resolve(model_dir: str) -> str:
-    import tensorflow as tf
-
-    for candidate in (model_dir, os.path.join(model_dir, "model")):
-        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    exports = sorted(tf.io.gfile.glob(os.path.join(model_dir, "export", "*", "saved_model.pb")))
-    if not exports:
-        raise SystemExit(f"--model_dir {model_dir}: no SavedModel in it, its model/ or export/*/")
-    return os.path.dirname(exports[-1])
 
 
 # ------------------------------------------------------------------ request -> tensors
@@ -386,7 +376,10 @@ def main(argv=None) -> int:
 
     import uvicorn
 
-    model = LoadedModel(args.model_dir)
+    try:
+        model = LoadedModel(args.model_dir)
+    except FileNotFoundError as e:
+        parser.error(f"--model_dir {e}")
     name = args.model_name or model.info.get("dataset") or "model"
     logger.info("serving %s as %r on http://%s:%d/v1/models/%s", model.export_dir, name, args.host, args.port, name)
     uvicorn.run(create_app(model, name), host=args.host, port=args.port, log_level="warning",
