@@ -90,9 +90,9 @@ def _concat(tensors: list, name: str):
     return tensors[0] if len(tensors) == 1 else tf_keras.layers.Concatenate(name=name)(tensors)
 
 
-def _numeric_block(inputs: dict, layout: FeatureLayout):
-    columns = [tf_keras.layers.Reshape((1,), name=f"{n}_column")(inputs[n]) for n in layout.numeric]
-    return _concat(columns, "numerics") if columns else None
+def _numeric_block(inputs: dict, layout: FeatureLayout, prefix: str = ""):
+    columns = [tf_keras.layers.Reshape((1,), name=f"{prefix}{n}_column")(inputs[n]) for n in layout.numeric]
+    return _concat(columns, f"{prefix}numerics") if columns else None
 
 
 def _one_hot_linear(inputs: dict, layout: FeatureLayout, max_wide_buckets: int) -> list:
@@ -112,7 +112,7 @@ def _one_hot_linear(inputs: dict, layout: FeatureLayout, max_wide_buckets: int) 
 
 def _linear_logits(inputs: dict, layout: FeatureLayout, max_wide_buckets: int, use_numeric: bool = True) -> list:
     terms = []
-    numerics = _numeric_block(inputs, layout) if use_numeric else None
+    numerics = _numeric_block(inputs, layout, prefix="wide_") if use_numeric else None
     if numerics is not None:
         terms.append(
             tf_keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="linear_numeric")(numerics)
