@@ -9,15 +9,13 @@ after the kill see other batches), but they must agree within a tolerance.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import REPO
-from tests.test_trainer import _env, _train_argv
+from tests.test_trainer import _env, _kill_after_first_backup, _train_argv
 
 AUC_TOLERANCE = 0.02  # absolute
 LOG_LOSS_TOLERANCE = 0.05  # relative
@@ -28,27 +26,6 @@ def _argv(data_dir, job_dir):
     return [sys.executable, "-m", "trainer.task",
             *_train_argv(data_dir, job_dir, "--model", "linear", "--train_steps", str(20 * EPOCHS), "--epochs",
                          str(EPOCHS), "--early_stopping_patience", str(EPOCHS), "--seed", "7")]
-
-
-def _kill_after_first_backup(argv, job_dir, log_path) -> int:
-    """Runs argv until its first backup checkpoint, then SIGKILLs it; returns the epochs it completed."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
-        try:
-            deadline = time.time() + 300
-            while time.time() < deadline and proc.poll() is None:
-                if any(p.name == "checkpoint" for p in (job_dir / "backup").rglob("*")):
-                    break
-                time.sleep(0.05)
-            assert proc.poll() is None, "the run ended before it could be killed"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return sum(" epoch " in line and "/" in line for line in log_path.read_text().splitlines())
 
 
 @pytest.mark.slow

@@ -412,27 +412,34 @@ def test_two_workers_finish_with_the_same_weights(flights_out, tmp_path):
     assert not list(job.glob("**/workertemp_*"))  # the non-chief's copies are cleaned up
 
 
+def _kill_after_first_backup(argv, job_dir, log_path) -> int:
+    """Runs argv until its first backup checkpoint, then SIGKILLs it; returns the epochs it completed."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if any(p.name == "checkpoint" for p in (job_dir / "backup").rglob("*")):
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run ended before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return sum(" epoch " in line and "/" in line for line in log_path.read_text().splitlines())
+
+
+
 def test_killed_job_resumes_from_backup(flights_out, tmp_path):
     job = tmp_path / "job"
     argv = [sys.executable, "-m", "trainer.task",
             *_train_argv(flights_out, job, "--model", "linear", "--train_steps", "1600", "--epochs", "40",
                          "--early_stopping_patience", "100")]
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and first.poll() is None:
-            if any(p.name == "checkpoint" for p in (job / "backup").rglob("*")):
-                break
-            time.sleep(0.05)
-        assert first.poll() is None, "the first run ended before it could be killed"
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        log.close()
-    assert first.returncode == -signal.SIGKILL
+    _kill_after_first_backup(argv, job, tmp_path / "first.log")
     assert not (job / "metrics.json").exists()
 
     second = subprocess.run(argv, capture_output=True, text=True, timeout=420, env=_env(), cwd=REPO)
