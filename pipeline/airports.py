@@ -71,7 +71,7 @@ def load_airports(path: str | None = None) -> dict[str, Airport]:
 
 @functools.lru_cache(maxsize=4096)
 def _zone(tz: str) -> dt.tzinfo:
-    if tz[:1] in "+-" and tz[1:].isdigit():
+    if tz[:1] in "+-" and tz[1:].isascii() and tz[1:].isdigit():
         sign = -1 if tz[0] == "-" else 1
         return dt.timezone(sign * dt.timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5] or 0)))
     return ZoneInfo(tz)
@@ -91,6 +91,7 @@ def local_to_utc(date: str, minutes: int, tz: str) -> int:
     return int(naive.replace(tzinfo=_zone(tz)).timestamp())
 
 
+@functools.lru_cache(maxsize=1 << 16)  # flights leaving the same minute in the same zone repeat it
 def utc_to_local_string(ts: int, tz: str) -> str:
     """UTC epoch seconds -> "YYYY-MM-DD HH:MM" wall clock at ``tz``."""
     return dt.datetime.fromtimestamp(ts, _zone(tz)).strftime("%Y-%m-%d %H:%M")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import importlib.util
 import json
 import logging
@@ -75,6 +76,8 @@ def _text(row: dict, col: str | None) -> str:
     if col is None:
         return ""
     value = row.get(col)
+    if value.__class__ is str:  # CSV cells: the common case first
+        return value.strip()
     if value is None:
         return ""
     if isinstance(value, bool):  # JSON lines carry real booleans
@@ -90,11 +93,12 @@ def _flag(text: str, field: str) -> bool:
     raise Reject(f"{field}: not a 0/1 flag {text!r}")
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a few thousand distinct clock texts; a Reject is never cached
 def parse_hhmm(text: str, field: str) -> int:
     """Local "hhmm" -> minutes after midnight; "2400" is 1440 (midnight ending the day)."""
     if text.endswith(".0"):
         text = text[:-2]
-    if not text.isdigit() or len(text) > 4:
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:  # "²".isdigit() is True
         raise Reject(f"{field}: not an hhmm time {text!r}")
     hours, minutes = divmod(int(text), 100)
     if minutes >= 60 or hours > 24 or (hours == 24 and minutes):
@@ -111,7 +115,11 @@ def _date(row: dict, cols: dict) -> str:
             return dt.date.fromisoformat(text[:10]).isoformat()
         except ValueError:
             raise Reject(f"fl_date: invalid date {text!r}") from None
-    parts = [_text(row, cols[k]) for k in ("year", "month", "day")]
+    return _date_from_parts(*(_text(row, cols[k]) for k in ("year", "month", "day")))
+
+
+@functools.lru_cache(maxsize=1 << 14)  # one entry per day of the input; a Reject is never cached
+def _date_from_parts(*parts: str) -> str:
     try:
         return dt.date(*(int(p) for p in parts)).isoformat()
     except ValueError:
@@ -205,12 +213,26 @@ def canonical_flight(row: dict, cols: dict, airports: dict, labelled: bool = Tru
 
 def _first_after(after_ts: int, date: str, minutes: int, tz: str) -> int:
     """The first local ``minutes`` on ``date`` - 1 .. + 2 days at ``tz`` that is after ``after_ts``."""
-    day = dt.date.fromisoformat(date)
-    for offset in (-1, 0, 1, 2):
-        ts = local_to_utc((day + dt.timedelta(days=offset)).isoformat(), minutes, tz)
+    for day in _nearby_days(date):
+        if day.startswith("!"):  # past year 1 or 9999: fail where the day is reached, as date arithmetic does
+            raise OverflowError(day[1:])
+        ts = local_to_utc(day, minutes, tz)
         if ts > after_ts:
             return ts
     raise Reject("crs_arr_time: not within two days of the departure")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _nearby_days(date: str) -> tuple[str, ...]:
+    """The ISO dates ``date`` - 1 .. + 2 days ("!" and the error for a day out of range)."""
+    day = dt.date.fromisoformat(date)
+    out = []
+    for offset in (-1, 0, 1, 2):
+        try:
+            out.append((day + dt.timedelta(days=offset)).isoformat())
+        except OverflowError as e:
+            out.append(f"!{e}")
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- layouts

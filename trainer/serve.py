@@ -322,7 +322,7 @@ def create_app(model: LoadedModel, model_name: str):
         if (resp := check_name(request)) is not None:
             return resp
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY_BYTES):
             return error(413, f"request body over {MAX_BODY_BYTES} bytes")
         raw = b""
         async for chunk in request.stream():
