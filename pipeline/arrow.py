@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 
 
@@ -25,15 +26,27 @@ def tfxio_for(schema):
 
 
 def to_record_batch(records: Sequence[dict], arrow_schema: pa.Schema) -> pa.RecordBatch:
-    """One batch from records; a missing (None) value becomes an empty list, never a zero."""
+    """One batch from records; a missing (None) value becomes an empty list, never a zero.
+
+    Column by column: the present values become one Arrow array and the list offsets count them,
+    instead of one Python list per cell.
+    """
     arrays = []
     for field in arrow_schema:
         name = field.name
-        if pa.types.is_binary(field.type.value_type) or pa.types.is_large_binary(field.type.value_type):
-            column = [[] if r.get(name) is None else [r[name].encode("utf-8")] for r in records]
+        values = [r.get(name) for r in records]
+        present = [v for v in values if v is not None]
+        value_type = field.type.value_type
+        if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type):
+            present = [v.encode("utf-8") for v in present]
+        offset_type = np.int64 if pa.types.is_large_list(field.type) else np.int32
+        offsets = np.zeros(len(values) + 1, dtype=offset_type)
+        if len(present) != len(values):
+            np.cumsum(np.fromiter((v is not None for v in values), dtype=bool, count=len(values)), out=offsets[1:])
         else:
-            column = [[] if r.get(name) is None else [r[name]] for r in records]
-        arrays.append(pa.array(column, type=field.type))
+            offsets[1:] = np.arange(1, len(values) + 1, dtype=offset_type)
+        list_class = pa.LargeListArray if pa.types.is_large_list(field.type) else pa.ListArray
+        arrays.append(list_class.from_arrays(pa.array(offsets), pa.array(present, type=value_type), type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
 

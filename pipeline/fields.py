@@ -26,10 +26,13 @@ def number(text: str, field: str) -> float | None:
 
 def csv_fields(line: str, width: int, layout: str = "the header") -> list[str]:
     """One CSV line -> its fields; a malformed line or a wrong field count is rejected."""
-    try:
-        values = next(csv.reader([line]))
-    except csv.Error as e:
-        raise Reject(f"line: not valid CSV ({e})") from None
+    if line and '"' not in line and "\r" not in line and "\n" not in line:
+        values = line.split(",")  # exactly what csv.reader gives for a line without quotes or line breaks
+    else:
+        try:
+            values = next(csv.reader([line]))
+        except csv.Error as e:
+            raise Reject(f"line: not valid CSV ({e})") from None
     if len(values) != width:
         raise Reject(f"line: {len(values)} fields where {layout} has {width}")
     return values

@@ -41,6 +41,30 @@ def split_keys(record: Mapping, split: str, optional_columns) -> list[str]:
     return keys
 
 
+def batch_split_keys(batch, split: str, optional_columns) -> list[tuple[str, int]]:
+    """:func:`split_keys` summed over an Arrow record batch of the split: ``(key, n)`` pairs.
+
+    A missing value is an empty list in the batch (see ``pipeline.arrow.to_record_batch``), so a
+    column's present count is its number of non-empty lists; zero counts are left out, as
+    :func:`split_keys` emits no key for them.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    pairs = [(SEP.join(("split", split)), batch.num_rows)]
+    for c in optional_columns:
+        lengths = pc.list_value_length(batch.column(c)).to_numpy(zero_copy_only=False)
+        n = int(np.count_nonzero(lengths > 0))
+        if n:
+            pairs.append((SEP.join(("present", split, c)), n))
+    return pairs
+
+
+def _weighted(element) -> tuple[str, int]:
+    """A count key (weight 1) or a ``(key, n)`` pair, as a pair."""
+    return (element, 1) if isinstance(element, str) else (element[0], int(element[1]))
+
+
 def split_unit_keys(n_coarse_keys: int, units, split_by: str) -> list[str]:
     """The split unit used and how many distinct values of the coarsest unit the input has."""
     from pipeline.split import choose_unit
@@ -50,7 +74,10 @@ def split_unit_keys(n_coarse_keys: int, units, split_by: str) -> list[str]:
 
 
 class WriteCounts(beam.PTransform):
-    """PCollection[str] of count keys -> ``OUT/_counts/counts.jsonl`` of [key, n]."""
+    """PCollection of count keys (str, one each) or ``(key, n)`` pairs -> ``OUT/_counts/counts.jsonl`` of [key, n].
+
+    Pairs let a stage count a whole batch in one element instead of one element per row.
+    """
 
     def __init__(self, output_dir: str):
         super().__init__()
@@ -59,7 +86,8 @@ class WriteCounts(beam.PTransform):
     def expand(self, keys):
         return (
             keys
-            | "CountByKey" >> beam.combiners.Count.PerElement()
+            | "WeightKeys" >> beam.Map(_weighted)
+            | "CountByKey" >> beam.CombinePerKey(sum)
             | "FormatCounts" >> beam.MapTuple(lambda k, n: json.dumps([k, n]))
             | "WriteCountsFile" >> beam.io.WriteToText(self._path, file_name_suffix=".jsonl", shard_name_template="")
         )

@@ -17,6 +17,7 @@ rejected/ and excluded/ (JSON lines with stage and reason), manifest.json (count
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -27,12 +28,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import manifest
-from pipeline.arrow import ToRecordBatches, encode_examples, tfxio_for
+from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs
 from pipeline.options import UsageError, parse_options, run_main
 from pipeline.split import SPLITS, choose_unit, parse_fractions, partition_index
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
-from pipeline.transform import AnalyzeAndTransformSplits, write_tfrecords
+from pipeline.transform import AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
     arrow_schema = tfxio.ArrowSchema()
     batches = {}
     count_keys = [
-        lines | "CountRead" >> beam.Map(manifest.read_key),
+        lines
+        | "CountRead" >> beam.combiners.Count.Globally()  # one running count, not one key per line
+        | "ReadCountKey" >> beam.Map(lambda n: (manifest.read_key(None), n)),
         n_coarse | "CountSplitUnit" >> beam.FlatMap(manifest.split_unit_keys, list(units), split_by),
     ]
     for split, records in zip(SPLITS, by_split, strict=True):
@@ -95,10 +98,11 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
         batches[split] = records | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
         _ = (
             batches[split]
-            | f"EncodeRaw{name}Examples" >> beam.FlatMap(encode_examples)
-            | write_tfrecords(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
+            | f"EncodeRaw{name}Examples" >> beam.Map(framed_examples)
+            | write_framed_tfrecords(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
         )
-        count_keys.append(records | f"Count{name}" >> beam.FlatMap(manifest.split_keys, split, optional))
+        # Counted per Arrow batch (the same rows), not per record: one element per batch.
+        count_keys.append(batches[split] | f"Count{name}" >> beam.FlatMap(manifest.batch_split_keys, split, optional))
     _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(dataset.preprocessing_fn, tfxio, output_dir)
 
     count_keys.append(cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir))
@@ -172,7 +176,19 @@ def _log_summary(m: dict) -> None:
         logger.info("  excluded: %s x%d", reason, n)
 
 
+def tune_gc() -> None:
+    """Fewer runs of Python's cyclic garbage collector, for this process only.
+
+    The in-process DirectRunner keeps every element of every PCollection alive, millions of small
+    dicts and tuples, and the collector rescans them again and again although records form no
+    reference cycles (about a tenth of the run's time at 300k rows). Objects are still freed by
+    reference counting as before; only the search for cycles runs less often. Outputs are unchanged.
+    """
+    gc.set_threshold(50_000, 20, 100)
+
+
 def main(argv=None) -> int:
+    tune_gc()
     return run_main(run, argv)
 
 

@@ -141,6 +141,7 @@ def _keep_first(element, id_field):
     records = sorted(records, key=lambda r: (r.get(SOURCE, ""), r.get(LINE, "")))
     first = records[0]
     first[id_field] = rid
+    first.pop(LINE, None)  # nothing downstream needs the raw text; it is a fifth of the record in every later shuffle
     yield first
     for duplicate in records[1:]:
         yield beam.pvalue.TaggedOutput(
@@ -151,7 +152,9 @@ def _keep_first(element, id_field):
 class Deduplicate(beam.PTransform):
     """Keeps one of each set of identical canonical records; the others are rejected as duplicates.
 
-    Sets ``id_field`` on the kept record: the fingerprint, unique per record from here on.
+    Sets ``id_field`` on the kept record: the fingerprint, unique per record from here on. The kept
+    record loses its original text (``_line``), needed only for the order and dead letters here;
+    ``_source`` stays.
     """
 
     def __init__(self, columns, id_field: str = "_id"):

@@ -6,6 +6,7 @@ shares a key (all flights of a day) shares a split, so a day never straddles two
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
     return tuple(p / total for p in parts)  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # split keys repeat (every flight of a day): hash each once
 def hash_fraction(key: str) -> float:
     """A uniform number in [0, 1) from ``key``; stable across processes (unlike ``hash``)."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()

@@ -8,10 +8,12 @@ tf.Examples per split.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Mapping
 
 import apache_beam as beam
+from apache_beam.io import filebasedsink
 
 from pipeline.arrow import encode_examples
 
@@ -19,16 +21,52 @@ TFRECORD_SUFFIX = ".tfrecord.gz"
 
 
 def write_tfrecords(label: str, path_prefix: str):
+    """PCollection[bytes] of serialized records -> gzip TFRecord shards under ``path_prefix``."""
     return label >> beam.io.WriteToTFRecord(
         path_prefix, file_name_suffix=TFRECORD_SUFFIX, compression_type=beam.io.filesystem.CompressionTypes.GZIP
     )
+
+
+def framed_examples(record_batch) -> bytes:
+    """A record batch's rows as serialized tf.Examples, already framed as consecutive TFRecords.
+
+    The framing (length, masked CRC32C of the length, data, masked CRC32C of the data) is Beam's
+    own ``_TFRecordUtil.write_record``, the one ``WriteToTFRecord`` applies to each element.
+    """
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    buffer = io.BytesIO()
+    for example in encode_examples(record_batch):
+        _TFRecordUtil.write_record(buffer, example)
+    return buffer.getvalue()
+
+
+class _FramedTFRecordSink(filebasedsink.FileBasedSink):
+    """``WriteToTFRecord``'s sink for elements that are already framed runs of TFRecords."""
+
+    def write_encoded_record(self, file_handle, value):
+        file_handle.write(value)
+
+
+def write_framed_tfrecords(label: str, path_prefix: str):
+    """PCollection[bytes] of :func:`framed_examples` -> the same gzip TFRecord shards as
+    :func:`write_tfrecords` would write from the examples one by one (one element per batch,
+    instead of one per row through the write's per-element steps)."""
+    sink = _FramedTFRecordSink(
+        path_prefix,
+        coder=beam.coders.BytesCoder(),
+        file_name_suffix=TFRECORD_SUFFIX,
+        compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+    )
+    return label >> beam.io.Write(sink)
 
 
 class AnalyzeAndTransformSplits(beam.PTransform):
     """dict[split, PCollection[RecordBatch]] -> writes OUT/{split}/ and the transform graph.
 
     Must be applied inside ``tft_beam.Context``. Returns dict[split, PCollection[bytes]] of the
-    transformed, serialized tf.Examples (already written).
+    transformed tf.Examples (already written), one element per record batch: its rows' serialized
+    examples framed as TFRecords (see :func:`framed_examples`).
     """
 
     def __init__(self, preprocessing_fn: Callable, tfxio, output_dir: str):
@@ -56,9 +94,9 @@ class AnalyzeAndTransformSplits(beam.PTransform):
             transformed, _ = ((batches, config), transform_fn) | f"Transform{name}Data" >> tft_beam.TransformDataset(
                 output_record_batches=True
             )
-            examples = transformed | f"Encode{name}Examples" >> beam.FlatMapTuple(
-                lambda record_batch, _passthrough: encode_examples(record_batch)
+            framed = transformed | f"Encode{name}Examples" >> beam.MapTuple(
+                lambda record_batch, _passthrough: framed_examples(record_batch)
             )
-            _ = examples | write_tfrecords(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
-            outputs[split] = examples
+            _ = framed | write_framed_tfrecords(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
+            outputs[split] = framed
         return outputs

@@ -1,0 +1,70 @@
+"""Before/after on a shared machine: alternates two source trees run by run, so that load from
+other jobs falls on both alike, and reports the medians and their ratio.
+
+    git archive HEAD | tar -x -C /tmp/base_tree        # "before": the committed code
+    python -m bench.ab --before /tmp/base_tree --after . --size 100000 --rounds 3 [--mode in_memory]
+
+Each round runs ``python -m pipeline.preprocess`` once per tree (order alternating), on the same
+generated input (see bench.preprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from bench.common import machine, make_flights_input, median
+from bench.preprocess import MODES, run_preprocess
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", required=True)
+    ap.add_argument("--after", default=".")
+    ap.add_argument("--size", type=int, default=100000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mode", default="in_memory", choices=list(MODES))
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "bench_flights"))
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    trees = {"before": os.path.abspath(args.before), "after": os.path.abspath(args.after)}
+    paths = make_flights_input(args.size, os.path.join(args.data_dir, f"n{args.size}"))
+    pattern = os.path.join(os.path.dirname(paths[0]), "*.csv.gz")
+    log_dir = tempfile.mkdtemp(prefix="bench_ab_logs_")
+    runs = {"before": [], "after": []}
+    for i in range(args.rounds):
+        order = ("before", "after") if i % 2 == 0 else ("after", "before")
+        for label in order:
+            r = run_preprocess(pattern, args.mode, args.timeout, trees[label], log_dir)
+            runs[label].append(r)
+            print(json.dumps({"round": i, "tree": label, **r}), flush=True)
+    summary = {}
+    for label, rs in runs.items():
+        ok = [r for r in rs if r.get("rc") == 0 and "error" not in r]
+        summary[label] = {
+            "wall_s_median": median([r["wall_s"] for r in ok]),
+            "wall_s_all": [r["wall_s"] for r in ok],
+            "pipeline_wall_s_median": median([r["pipeline_wall_s"] for r in ok]),
+            "rows_per_s_median": median([r["rows_per_s"] for r in ok]),
+            "max_rss_mib_median": median([r["max_rss_mib"] for r in ok]),
+            "load_before": [r["load_before"][0] for r in ok],
+        }
+    b, a = summary["before"], summary["after"]
+    report = {"machine": machine(), "size": args.size, "mode": args.mode, "trees": trees, "summary": summary,
+              "speedup_wall": round(b["wall_s_median"] / a["wall_s_median"], 2),
+              "speedup_pipeline": round(b["pipeline_wall_s_median"] / a["pipeline_wall_s_median"], 2),
+              "runs": runs}
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
