@@ -12,8 +12,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import REPO
 from tests.test_trainer import _env, _kill_after_first_backup, _train_argv
 
@@ -28,7 +26,6 @@ def _argv(data_dir, job_dir):
                          str(EPOCHS), "--early_stopping_patience", str(EPOCHS), "--seed", "7")]
 
 
-@pytest.mark.slow
 def test_resumed_job_ends_with_the_metrics_of_an_uninterrupted_one(flights_out, tmp_path):
     whole = subprocess.run(_argv(flights_out, tmp_path / "whole"), capture_output=True, text=True, timeout=600,
                            env=_env(), cwd=REPO)
