@@ -50,18 +50,42 @@ def to_record_batch(records: Sequence[dict], arrow_schema: pa.Schema) -> pa.Reco
     return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
 
+class Rebatch(beam.DoFn):
+    """Lists of records (of any sizes) -> lists of up to ``max_rows`` records, within each bundle."""
+
+    def __init__(self, max_rows: int):
+        self._max = max_rows
+        self._buffer: list = []
+
+    def start_bundle(self):
+        self._buffer = []
+
+    def process(self, records):
+        self._buffer.extend(records)
+        while len(self._buffer) >= self._max:
+            yield self._buffer[: self._max]
+            del self._buffer[: self._max]
+
+    def finish_bundle(self):
+        from apache_beam.transforms import window
+
+        if self._buffer:
+            yield window.GlobalWindows.windowed_value_at_end_of_window(self._buffer)
+            self._buffer = []
+
+
 class ToRecordBatches(beam.PTransform):
-    """PCollection[dict] -> PCollection[pa.RecordBatch] with ``arrow_schema``'s columns."""
+    """PCollection[list[dict]] -> PCollection[pa.RecordBatch] with ``arrow_schema``'s columns."""
 
     def __init__(self, arrow_schema: pa.Schema, max_batch_size: int = 4096):
         super().__init__()
         self._arrow_schema = arrow_schema
         self._max = max_batch_size
 
-    def expand(self, records):
+    def expand(self, record_lists):
         return (
-            records
-            | "BatchRecords" >> beam.BatchElements(min_batch_size=64, max_batch_size=self._max)
+            record_lists
+            | "Rebatch" >> beam.ParDo(Rebatch(self._max))
             | "ToArrow" >> beam.Map(to_record_batch, self._arrow_schema)
         )
 

@@ -243,10 +243,12 @@ def _csv_parser(cols: dict, airports: dict, labelled: bool):
         if missing:
             raise ValueError(f"header lacks columns {missing}")
         width = len(names)
+        last = {n: i for i, n in enumerate(names)}  # a repeated column name: its last value, as dict(zip()) gave
+        wanted = [(c, last[c]) for c in dict.fromkeys(cols.values())]  # only the columns read
 
         def parse(line: str) -> dict:
             values = csv_fields(line, width)
-            return canonical_flight(dict(zip(names, values, strict=True)), cols, airports, labelled)
+            return canonical_flight({c: values[i] for c, i in wanted}, cols, airports, labelled)
 
         return parse
 

@@ -41,23 +41,27 @@ class InputFile:
     path: str
     layout: str
     header: str  # the file's first line ("" for headerless layouts)
+    size: int = 0  # bytes; 0 when unknown (the file is then read whole, by one worker)
 
 
 class InputError(ValueError):
     """An input that cannot be read as any known layout; the message says what to do."""
 
 
-def expand(patterns: str | Sequence[str]) -> list[str]:
-    """All files matching comma-separated ``patterns``; an error names each pattern that matched nothing."""
+def expand(patterns: str | Sequence[str]) -> list[tuple[str, int]]:
+    """(path, size in bytes) of all files matching comma-separated ``patterns``; an error names each
+    pattern that matched nothing."""
     if isinstance(patterns, str):
         patterns = [p.strip() for p in patterns.split(",") if p.strip()]
-    paths: list[str] = []
+    files: list[tuple[str, int]] = []
     for pattern in patterns:
-        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list if m.size_in_bytes > 0]
+        matched = [
+            (m.path, m.size_in_bytes) for r in FileSystems.match([pattern]) for m in r.metadata_list if m.size_in_bytes > 0
+        ]
         if not matched:
             raise InputError(f"--input {pattern!r} matches no non-empty file")
-        paths.extend(sorted(matched))
-    return paths
+        files.extend(sorted(matched))
+    return files
 
 
 def first_line(path: str) -> str:
@@ -82,40 +86,86 @@ def plan_inputs(patterns, layouts: Mapping[str, Layout], input_format: str | Non
     if input_format and input_format not in layouts:
         raise InputError(f"--input_format {input_format!r} is not one of: {', '.join(layouts)}")
     plan = []
-    for path in expand(patterns):
+    for path, size in expand(patterns):
         line = first_line(path)
         layout = layouts[input_format] if input_format else detect_layout(line, layouts, path)
-        plan.append(InputFile(path, layout.name, line if layout.has_header else ""))
+        plan.append(InputFile(path, layout.name, line if layout.has_header else "", size))
         logger.info("input %s: layout %s", path, layout.name)
     return plan
 
 
-class ReadRawLines(beam.PTransform):
-    """Reads every planned file as ``(path, line_bytes)``, skipping each file's header line."""
+CHUNK_LINES = 10_000  # lines per element after reading: big enough that per-element costs vanish
+RANGE_BYTES = 64 << 20  # an uncompressed file is read in ranges of this size, in parallel on a cluster
 
-    def __init__(self, plan: Sequence[InputFile], layouts: Mapping[str, Layout]):
+
+@dataclasses.dataclass(frozen=True)
+class ReadRange:
+    """Lines of ``path`` that start in [start, end) (end None: to the end of the file)."""
+
+    path: str
+    start: int
+    end: int | None
+    skip_header: bool
+
+
+def read_ranges(path: str, size: int, has_header: bool, range_bytes: int = RANGE_BYTES) -> list[ReadRange]:
+    """The ranges a file is read in: byte ranges of an uncompressed file, a compressed one whole."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED or size <= range_bytes:
+        return [ReadRange(path, 0, None, has_header)]
+    starts = range(0, size, range_bytes)
+    return [ReadRange(path, s, min(s + range_bytes, size), has_header and s == 0) for s in starts]
+
+
+def read_lines(rng: ReadRange, chunk_lines: int = CHUNK_LINES):
+    """Yields (path, [line bytes, ...]) chunks of the lines starting in the range, header skipped.
+
+    A range that does not start the file begins after the first line end at or after ``start - 1``,
+    so each line is read by exactly the range it starts in. Line ends are kept; the parser strips them.
+    """
+    with FileSystems.open(rng.path) as f:
+        pos = 0
+        if rng.start:
+            f.seek(rng.start - 1)
+            pos = rng.start - 1 + len(f.readline())
+        if rng.skip_header:
+            pos += len(f.readline())
+        chunk = []
+        while rng.end is None or pos < rng.end:
+            line = f.readline()
+            if not line:
+                break
+            pos += len(line)
+            chunk.append(line)
+            if len(chunk) >= chunk_lines:
+                yield rng.path, chunk
+                chunk = []
+        if chunk:
+            yield rng.path, chunk
+
+
+class ReadRawLines(beam.PTransform):
+    """Reads every planned file as ``(path, [line_bytes, ...])`` chunks, each file's header skipped.
+
+    Uncompressed files are cut into byte ranges and compressed ones read whole; the chunks are then
+    redistributed (``Reshuffle``) so that parsing runs on every worker even for a single input file.
+    """
+
+    def __init__(self, plan: Sequence[InputFile], layouts: Mapping[str, Layout], chunk_lines: int = CHUNK_LINES):
         super().__init__()
         self._plan = list(plan)
         self._layouts = layouts
+        self._chunk_lines = chunk_lines
 
     def expand(self, pbegin):
-        branches = []
-        for has_header in (True, False):
-            paths = [f.path for f in self._plan if self._layouts[f.layout].has_header == has_header]
-            if not paths:
-                continue
-            label = "WithHeader" if has_header else "Headerless"
-            branches.append(
-                pbegin
-                | f"List{label}Files" >> beam.Create(paths)
-                | f"Read{label}Lines"
-                >> beam.io.ReadAllFromText(
-                    skip_header_lines=1 if has_header else 0,
-                    with_filename=True,
-                    coder=beam.coders.BytesCoder(),
-                )
-            )
-        return branches | "FlattenInputs" >> beam.Flatten() if len(branches) > 1 else branches[0]
+        ranges = [rng for f in self._plan for rng in read_ranges(f.path, f.size, self._layouts[f.layout].has_header)]
+        return (
+            pbegin
+            | "ListRanges" >> beam.Create(ranges)
+            | "ReadChunks" >> beam.FlatMap(read_lines, self._chunk_lines)
+            | "ReshuffleChunks" >> beam.Reshuffle()
+        )
 
 
 def parser_factory(plan: Sequence[InputFile], layouts: Mapping[str, Layout], context=None):

@@ -23,8 +23,9 @@ COUNTS_DIR = "_counts"
 SEP = "|"
 
 
-def read_key(_element) -> str:
-    return "read"
+def read_count(chunk) -> tuple[str, int]:
+    """A chunk of raw lines, ``(path, [line, ...])``, as its count of rows read."""
+    return "read", len(chunk[1])
 
 
 def rejected_key(entry: Mapping) -> str:

@@ -27,7 +27,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import manifest
-from pipeline.arrow import encode_examples, tfxio_for, to_record_batch
+from pipeline.arrow import Rebatch, encode_examples, tfxio_for, to_record_batch
 from pipeline.io import plan_inputs
 from pipeline.options import PreprocessOptions, UsageError, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
@@ -125,7 +125,7 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
     key_columns = [c for c in schema.key_columns or schema.example_columns if c != schema.label]
     predictions = (
         cleaned[RECORDS]
-        | "BatchRecords" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+        | "BatchRecords" >> beam.ParDo(Rebatch(1024))
         | "KeyAndEncode" >> beam.ParDo(
             _KeyAndEncode(arrow_schema, key_columns, schema.feature_names if output_features else ())
         )
@@ -137,7 +137,7 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
         | "WritePredictions" >> beam.io.WriteToText(os.path.join(output_dir, "predictions"), file_name_suffix=".jsonl")
     )
     count_keys = [
-        cleaned[LINES] | "CountRead" >> beam.Map(manifest.read_key),
+        cleaned[LINES] | "CountRead" >> beam.Map(manifest.read_count),
         predictions | "CountPredicted" >> beam.Map(lambda _: manifest.SEP.join(("split", "predicted"))),
         cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir),
     ]

@@ -31,7 +31,7 @@ from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs
 from pipeline.options import UsageError, parse_options, run_main
-from pipeline.split import SPLITS, choose_unit, parse_fractions, partition_index
+from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
 
@@ -76,26 +76,24 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
     coarsest = next(iter(units.values()))
     n_coarse = (
         windowed
-        | "CoarseSplitKeys" >> beam.Map(coarsest)
+        | "CoarseSplitKeys" >> beam.FlatMap(lambda records: {coarsest(r) for r in records})
         | "DistinctCoarseKeys" >> beam.Distinct()
         | "CountCoarseKeys" >> beam.combiners.Count.Globally()
     )
-    by_split = windowed | "AssignSplit" >> beam.Partition(
-        partition_index, len(SPLITS), units, split_by, fractions, beam.pvalue.AsSingleton(n_coarse)
-    )
+    by_split = windowed | "AssignSplit" >> beam.ParDo(
+        SplitRecords(units, split_by, fractions), beam.pvalue.AsSingleton(n_coarse)
+    ).with_outputs(*SPLITS)
 
     tfxio = tfxio_for(schema)
     arrow_schema = tfxio.ArrowSchema()
     batches = {}
     count_keys = [
-        lines
-        | "CountRead" >> beam.combiners.Count.Globally()  # one running count, not one key per line
-        | "ReadCountKey" >> beam.Map(lambda n: (manifest.read_key(None), n)),
+        lines | "CountRead" >> beam.Map(manifest.read_count),
         n_coarse | "CountSplitUnit" >> beam.FlatMap(manifest.split_unit_keys, list(units), split_by),
     ]
-    for split, records in zip(SPLITS, by_split, strict=True):
+    for split in SPLITS:
         name = split.capitalize()
-        batches[split] = records | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
+        batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
         _ = (
             batches[split]
             | f"EncodeRaw{name}Examples" >> beam.Map(framed_examples)

@@ -10,6 +10,8 @@ import functools
 import hashlib
 from collections.abc import Sequence
 
+import apache_beam as beam
+
 SPLITS = ("train", "valid", "test")
 AUTO = "auto"
 # Below this many distinct coarse keys (e.g. days), whole-key splits are too lumpy to give three
@@ -54,6 +56,16 @@ def choose_unit(units: Sequence[str], split_by: str, n_coarse_keys: int) -> str:
     return units[1]
 
 
-def partition_index(record, _num_partitions, units, split_by, fractions, n_coarse_keys) -> int:
-    unit = choose_unit(list(units), split_by, n_coarse_keys)
-    return SPLITS.index(assign_split(units[unit](record), fractions))
+class SplitRecords(beam.DoFn):
+    """Lists of records -> per split (a tagged output each), the list of its records."""
+
+    def __init__(self, units, split_by: str, fractions):
+        self._units, self._split_by, self._fractions = units, split_by, fractions
+
+    def process(self, records, n_coarse_keys):
+        unit = self._units[choose_unit(list(self._units), self._split_by, n_coarse_keys)]
+        by_split: dict[str, list] = {}
+        for record in records:
+            by_split.setdefault(assign_split(unit(record), self._fractions), []).append(record)
+        for split, chosen in by_split.items():
+            yield beam.pvalue.TaggedOutput(split, chosen)

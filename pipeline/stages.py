@@ -9,8 +9,8 @@ import apache_beam as beam
 
 from pipeline import manifest
 from pipeline.io import ReadRawLines, parser_factory
-from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, to_json_line
-from pipeline.windowing import LookbackAggregates
+from pipeline.rows import EXCLUDED, REJECTED, ParseChunks, to_json_line
+from pipeline.windowing import ID, WindowChunks
 
 LINES = "lines"
 RECORDS = "records"
@@ -19,7 +19,10 @@ RECORDS = "records"
 class CleanAndWindow(beam.PTransform):
     """Reads the planned raw files -> parsed, validated, de-duplicated records with windowed features.
 
-    Returns a dict: ``lines`` (every raw line read), ``records``, ``rejected`` and ``excluded``.
+    Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records`` (lists of
+    records, one per window group), ``rejected`` and ``excluded`` (one dead-letter entry each).
+    Records move in lists from the read to the end: the runner's cost per element is paid per
+    list, not per row. Exact duplicates are removed in the windowing group, where copies meet.
     """
 
     def __init__(self, dataset, plan, layouts, window_s: int, labelled: bool = True):
@@ -34,14 +37,13 @@ class CleanAndWindow(beam.PTransform):
         schema = self._dataset.SCHEMA
         lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
-            ParseRows(parser_factory(self._plan, self._layouts), schema, self._labelled)
+            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled, ID)
         ).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
-        unique = parsed[RECORDS] | "Deduplicate" >> Deduplicate(schema.columns)
-        windowed = unique[RECORDS] | "AddWindowFeatures" >> LookbackAggregates(
+        windowed = parsed[RECORDS] | "DeduplicateAndAddWindowFeatures" >> WindowChunks(
             self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )
-        rejected = (parsed[REJECTED], unique[REJECTED]) | "FlattenRejected" >> beam.Flatten()
-        return {LINES: lines, RECORDS: windowed, REJECTED: rejected, EXCLUDED: parsed[EXCLUDED]}
+        rejected = (parsed[REJECTED], windowed[REJECTED]) | "FlattenRejected" >> beam.Flatten()
+        return {LINES: lines, RECORDS: windowed[RECORDS], REJECTED: rejected, EXCLUDED: parsed[EXCLUDED]}
 
 
 class WriteDeadLetters(beam.PTransform):

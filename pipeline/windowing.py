@@ -12,9 +12,14 @@ holding all events. Inside a group the work is a sort, a cumulative sum and two
 
 Shuffles: the features sharing a key field and query time form a key group (flights: the origin's
 departure delay and taxi-out, and the destination's arrival delay). The records themselves travel
-once, through the group of the key group with the most event times, carrying their own events of
-that bucket; each other key group is computed from small (event) and (query) elements, and its
-results are sent to where the record goes, so no join by id is needed afterwards.
+once, through the group of the key group with the most event times; each other key group is
+computed from columnar blocks of its events and queries, and its results are sent to where the
+record goes, so no join by id is needed afterwards.
+
+Elements are lists and columnar blocks, never single rows: each chunk of records sends one element
+per (key, bucket) it touches, with numpy arrays of event ids, times and values. The runner's cost
+per element, which dominated a row-by-row graph, is paid per block. Exact copies of a record share
+their fingerprint (``_id``) and their route, so they are de-duplicated in the final group.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
+from pipeline.rows import LINE, REJECTED, keep_first
+
 ID = "_id"
+RECORDS = "records"
 ALL_KEYS = "*"
 
 
@@ -87,9 +95,14 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s):
 
 
 # ---------------------------------------------------------------- the Beam side
-# Group elements, by kind. Group keys are (key value, time bucket); a record whose final key or
-# query time is missing is routed to (None, its id), where it meets only its own partial results.
-_RECORD, _EVENT, _QUERY, _PARTIAL = 0, 1, 2, 3
+# Group keys are (key value, time bucket); a record whose final key or query time is missing is
+# routed to (None, its id), where it meets only its own partial results. Group elements are
+# columnar blocks, one per kind and group of a chunk:
+#   (_RECORDS, [record, ...])
+#   (_EVENTS, j, ids, event times, values (n, n_features))  events of event-time group j
+#   (_QUERIES, ids, query times, [route, ...])              queries of a key group computed apart
+#   (_PARTIALS, [id, ...], {name: [value, ...]})            its results, sent to the records' routes
+_RECORDS, _EVENTS, _QUERIES, _PARTIALS = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +116,10 @@ class _KeyGroup:
     @property
     def label(self) -> str:
         return f"{self.key or 'all'}_{self.query_time}"
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for _, feats in self.groups for f in feats]
 
 
 def _key_groups(features: Sequence[WindowFeature]) -> list[_KeyGroup]:
@@ -120,6 +137,10 @@ def _key_of(record, key_field):
     return ALL_KEYS if key_field is None else record.get(key_field)
 
 
+def _keys(records, key_field) -> list:
+    return [ALL_KEYS] * len(records) if key_field is None else [r.get(key_field) for r in records]
+
+
 def _route(record, kg: _KeyGroup, bucket_s: int):
     """Where a record meets the events of its final key group, and its partial results."""
     key, tq = _key_of(record, kg.key), record.get(kg.query_time)
@@ -128,71 +149,104 @@ def _route(record, kg: _KeyGroup, bucket_s: int):
     return (key, tq // bucket_s)
 
 
-def _events(record, kg: _KeyGroup, window_s: int, bucket_s: int) -> dict[int, list]:
-    """bucket -> per event-time group, (event time, values) or None: every bucket whose queries
-    the record's events can reach (an event at te counts for queries in (te, te + window])."""
-    out: dict[int, list] = {}
+def _runs(keys: list, buckets: np.ndarray):
+    """Row indices grouped by (key, bucket): yields ((key, bucket), indices) per distinct pair."""
+    codes: dict = {}
+    key_codes = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
+    names = list(codes)
+    order = np.lexsort((buckets, key_codes))
+    k_sorted, b_sorted = key_codes[order], buckets[order]
+    cuts = np.flatnonzero((np.diff(k_sorted) != 0) | (np.diff(b_sorted) != 0)) + 1
+    for rows in np.split(order, cuts):
+        if len(rows):
+            yield (names[key_codes[rows[0]]], int(buckets[rows[0]])), rows
+
+
+def _emit_events(records, keys, kg: _KeyGroup, window_s: int, bucket_s: int, out: dict) -> None:
+    """Adds to ``out[(key, bucket)]`` the chunk's events of each event-time group as columnar blocks,
+    at every bucket whose queries they can reach (an event at te counts for queries in (te, te + window])."""
     for j, (event_time, feats) in enumerate(kg.groups):
-        te = record.get(event_time)
-        if te is None:
+        rows = [i for i, r in enumerate(records) if keys[i] is not None and r.get(event_time) is not None]
+        if not rows:
             continue
-        values = []
-        for f in feats:
-            v = None if f.value is None else record.get(f.value)
-            values.append(np.nan if v is None else float(v))
-        event = (te, tuple(values))
-        for b in range(te // bucket_s, (te + window_s) // bucket_s + 1):
-            slot = out.get(b)
-            if slot is None:
-                slot = out[b] = [None] * len(kg.groups)
-            slot[j] = event
-    return out
+        te = np.fromiter((records[i][event_time] for i in rows), dtype=np.int64, count=len(rows))
+        values = np.full((len(rows), len(feats)), np.nan)
+        for k, f in enumerate(feats):
+            if f.value is not None:
+                column = [records[i].get(f.value) for i in rows]
+                values[:, k] = [np.nan if v is None else v for v in column]
+        ids = np.array([records[i][ID] for i in rows])
+        row_keys = [keys[i] for i in rows]
+        first, last = te // bucket_s, (te + window_s) // bucket_s
+        for offset in range(int((last - first).max()) + 1):
+            reach = np.flatnonzero(first + offset <= last)
+            for group, sel in _runs([row_keys[i] for i in reach], first[reach] + offset):
+                idx = reach[sel]
+                out.setdefault(group, []).append((_EVENTS, j, ids[idx], te[idx], values[idx]))
 
 
-def _compute(kg: _KeyGroup, events, q_t, q_id, window_s: int) -> list[dict]:
-    """Per query, name -> value of every feature of ``kg``; events are (id, per-group (te, values) or None)."""
-    out = [{} for _ in q_t]
+def _compute(kg: _KeyGroup, blocks, q_t, q_id, window_s: int) -> dict[str, list]:
+    """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (ids, times, values)
+    of event-time group j, each id once, or None."""
+    q_t = np.asarray(q_t, dtype=np.int64)
+    out: dict[str, list] = {}
     for j, (_event_time, feats) in enumerate(kg.groups):
-        ev_t, ev_id, ev_v = [], [], []
-        for rid, per_group in events:
-            event = per_group[j]
-            if event is not None:
-                ev_t.append(event[0])
-                ev_id.append(rid)
-                ev_v.append(event[1])
-        if not ev_t:
+        if blocks[j] is None:
             sums = np.zeros((len(q_t), len(feats)))
             counts = np.zeros((len(q_t), len(feats)), dtype=np.int64)
             n_events = np.zeros(len(q_t), dtype=np.int64)
         else:
-            sums, counts, n_events = window_stats(ev_t, ev_id, ev_v, q_t, q_id, window_s)
-        # Python floats divide exactly as float64 numpy scalars do; lists avoid per-item numpy indexing.
-        sums_l, counts_l, n_l = sums.tolist(), counts.tolist(), n_events.tolist()
-        for i, stats in enumerate(out):
-            for k, f in enumerate(feats):
-                if f.statistic == "count":
-                    stats[f.name] = int(n_l[i])
-                else:
-                    stats[f.name] = float(sums_l[i][k] / counts_l[i][k]) if counts_l[i][k] else None
+            ids, times, values = blocks[j]
+            sums, counts, n_events = window_stats(times, ids, values, q_t, q_id, window_s)
+        for k, f in enumerate(feats):
+            if f.statistic == "count":
+                out[f.name] = n_events.tolist()
+            else:
+                # Python floats divide exactly as float64 numpy scalars do; lists avoid per-item numpy indexing.
+                out[f.name] = [s / c if c else None for s, c in zip(sums[:, k].tolist(), counts[:, k].tolist(), strict=True)]
     return out
 
 
+def _event_blocks(kg: _KeyGroup, parts) -> list:
+    """Per event-time group, its blocks concatenated with each id once (the first): an exact copy of
+    a record sends the same events as its original, which count once."""
+    blocks = []
+    for j in range(len(kg.groups)):
+        mine = [p for p in parts if p[1] == j]
+        if not mine:
+            blocks.append(None)
+            continue
+        ids = np.concatenate([p[2] for p in mine])
+        times = np.concatenate([p[3] for p in mine])
+        values = np.concatenate([p[4] for p in mine])
+        _, first = np.unique(ids, return_index=True)
+        if len(first) < len(ids):
+            first.sort()
+            ids, times, values = ids[first], times[first], values[first]
+        blocks.append((ids, times, values))
+    return blocks
+
+
 class _EmitEventsAndQueries(beam.DoFn):
-    """A key group computed apart: small (event) and (query) elements; results go to the record's route."""
+    """A key group computed apart: per chunk, columnar blocks of its events and queries by (key,
+    bucket); results go to each record's route in the final key group."""
 
     def __init__(self, kg: _KeyGroup, final: _KeyGroup, window_s: int, bucket_s: int):
         self._kg, self._final, self._window, self._bucket = kg, final, window_s, bucket_s
 
-    def process(self, record):
-        key = _key_of(record, self._kg.key)
-        if key is None:
-            return
-        rid = record[ID]
-        for b, per_group in _events(record, self._kg, self._window, self._bucket).items():
-            yield (key, b), (_EVENT, rid, tuple(per_group))
-        tq = record.get(self._kg.query_time)
-        if tq is not None:
-            yield (key, tq // self._bucket), (_QUERY, rid, tq, _route(record, self._final, self._bucket))
+    def process(self, chunk):
+        keys = _keys(chunk, self._kg.key)
+        out: dict = {}
+        _emit_events(chunk, keys, self._kg, self._window, self._bucket, out)
+        tq_field = self._kg.query_time
+        rows = [i for i, r in enumerate(chunk) if keys[i] is not None and r.get(tq_field) is not None]
+        if rows:
+            tq = np.fromiter((chunk[i][tq_field] for i in rows), dtype=np.int64, count=len(rows))
+            ids = np.array([chunk[i][ID] for i in rows])
+            for group, sel in _runs([keys[i] for i in rows], tq // self._bucket):
+                routes = [_route(chunk[rows[i]], self._final, self._bucket) for i in sel]
+                out.setdefault(group, []).append((_QUERIES, ids[sel], tq[sel], routes))
+        yield from out.items()
 
 
 class _AggregateQueries(beam.DoFn):
@@ -200,74 +254,120 @@ class _AggregateQueries(beam.DoFn):
         self._kg, self._window = kg, window_s
 
     def process(self, element):
-        _, items = element
+        _, lists = element
         events, queries = [], []
-        for item in items:
-            if item[0] == _EVENT:
-                events.append((item[1], item[2]))
-            else:
-                queries.append(item)
+        for blocks in lists:
+            for block in blocks:
+                (events if block[0] == _EVENTS else queries).append(block)
         if not queries:
             return
-        stats = _compute(self._kg, events, [q[2] for q in queries], [q[1] for q in queries], self._window)
-        for (_, rid, _tq, route), values in zip(queries, stats, strict=True):
-            yield route, (_PARTIAL, rid, values)
+        ids = np.concatenate([q[1] for q in queries])
+        tq = np.concatenate([q[2] for q in queries])
+        routes = [route for q in queries for route in q[3]]
+        _, first = np.unique(ids, return_index=True)  # a copy's query is its original's
+        first.sort()
+        ids, tq, routes = ids[first], tq[first], [routes[i] for i in first]
+        stats = _compute(self._kg, _event_blocks(self._kg, events), tq, ids, self._window)
+        by_route: dict = {}
+        for i, route in enumerate(routes):
+            by_route.setdefault(route, []).append(i)
+        names, id_list = list(stats), ids.tolist()
+        for route, rows in by_route.items():
+            yield route, [(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})]
 
 
 class _EmitRecordsAndEvents(beam.DoFn):
-    """The final key group: each record (with its events of its own bucket) at its route, and its
-    other events to the buckets they reach. Every window column starts as missing (None)."""
+    """The final key group: per chunk, the records at their routes and the events of the final key
+    group at every bucket they reach, grouped by (key, bucket). Every window column starts as
+    missing (None)."""
 
     def __init__(self, kg: _KeyGroup, names, window_s: int, bucket_s: int):
         self._kg, self._names, self._window, self._bucket = kg, tuple(names), window_s, bucket_s
 
-    def process(self, record):
-        record = dict(record)  # never mutate an input element
-        for name in self._names:
-            record[name] = None
-        rid = record[ID]
-        route = _route(record, self._kg, self._bucket)
-        key = _key_of(record, self._kg.key)
-        by_bucket = _events(record, self._kg, self._window, self._bucket) if key is not None else {}
-        own = by_bucket.pop(route[1], None) if route[0] is not None else None
-        yield route, (_RECORD, rid, record, None if own is None else tuple(own))
-        for b, per_group in by_bucket.items():
-            yield (key, b), (_EVENT, rid, tuple(per_group))
+    def process(self, chunk):
+        blank = dict.fromkeys(self._names)
+        records = [{**record, **blank} for record in chunk]  # never mutate an input element
+        out: dict = {}
+        for record in records:
+            route = _route(record, self._kg, self._bucket)
+            slot = out.get(route)
+            if slot is None:
+                out[route] = [(_RECORDS, [record])]
+            else:
+                slot[0][1].append(record)
+        _emit_events(records, _keys(records, self._kg.key), self._kg, self._window, self._bucket, out)
+        yield from out.items()
 
 
 class _AggregateRecords(beam.DoFn):
+    """One (key, bucket) group -> one list of its records with their window columns.
+
+    Exact copies of a record (same ``_id``, the fingerprint of its canonical fields) meet here, since
+    they share their route: one is kept, the others are rejected as duplicates (``rejected``
+    output). The group's size in rows (records, events and partial results) is recorded in the
+    ``window/group_rows`` distribution, the figure that shows no group grows with the input's length.
+    """
+
     def __init__(self, kg: _KeyGroup, window_s: int):
         self._kg, self._window = kg, window_s
+        self._group_rows = beam.metrics.Metrics.distribution("window", "group_rows")
 
     def process(self, element):
-        (key, _bucket), items = element
-        records, events, partials = [], [], {}
-        for item in items:
-            kind = item[0]
-            if kind == _RECORD:
-                records.append(item)
-                if item[3] is not None:
-                    events.append((item[1], item[3]))
-            elif kind == _EVENT:
-                events.append((item[1], item[2]))
-            else:
-                partials.setdefault(item[1], []).append(item[2])
-        if not records:
+        (key, _bucket), lists = element
+        by_id: dict = {}
+        events, partials = [], []
+        n_rows = 0
+        for blocks in lists:
+            for block in blocks:
+                kind = block[0]
+                if kind == _RECORDS:
+                    n_rows += len(block[1])
+                    for record in block[1]:
+                        by_id.setdefault(record[ID], []).append(record)
+                elif kind == _EVENTS:
+                    n_rows += len(block[2])
+                    events.append(block)
+                else:
+                    n_rows += len(block[1])
+                    partials.append(block)
+        self._group_rows.update(n_rows)
+        if not by_id:
             return
-        stats = None
+        records = []
+        for rid, copies in by_id.items():
+            if len(copies) == 1:
+                records.append(copies[0])
+                continue
+            for out in keep_first((rid, copies), ID):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield out
+                else:
+                    records.append(out)
+        for record in records:
+            record.pop(LINE, None)  # nothing downstream needs the raw text
+        if partials:
+            index = {record[ID]: record for record in records}
+            for _, ids, values in partials:
+                for name, column in values.items():
+                    for rid, value in zip(ids, column, strict=True):
+                        index[rid][name] = value
         if key is not None:  # else a record without a query here, alone with its partial results
-            q_t = [item[2][self._kg.query_time] for item in records]
-            stats = _compute(self._kg, events, q_t, [item[1] for item in records], self._window)
-        for i, (_, rid, record, _own) in enumerate(records):
-            for partial in partials.get(rid, ()):
-                record.update(partial)
-            if stats is not None:
-                record.update(stats[i])
-            yield record
+            q_t = [record[self._kg.query_time] for record in records]
+            q_id = np.array([record[ID] for record in records])
+            stats = _compute(self._kg, _event_blocks(self._kg, events), q_t, q_id, self._window)
+            for name, column in stats.items():
+                for record, value in zip(records, column, strict=True):
+                    record[name] = value
+        yield records
 
 
-class LookbackAggregates(beam.PTransform):
-    """Adds each :class:`WindowFeature` column to every record (``_id`` must be unique per record)."""
+class WindowChunks(beam.PTransform):
+    """PCollection of record lists -> ``records`` (lists of records with each :class:`WindowFeature`
+    column) and ``rejected`` (exact duplicates, one dead letter each).
+
+    Records need ``_id``: the fingerprint of their canonical fields, so equal for exact copies (see
+    ``pipeline.rows.ParseChunks``), which are de-duplicated here, where they meet anyway.
+    """
 
     def __init__(self, features: Sequence[WindowFeature], window_s: int, bucket_s: int = 86400):
         super().__init__()
@@ -277,22 +377,22 @@ class LookbackAggregates(beam.PTransform):
         self._window = int(window_s)
         self._bucket = int(bucket_s)
         key_groups = _key_groups(self._features)
+        if not key_groups:
+            raise ValueError("no window features")
         # The records travel with the key group that has the most event times (fewest extra elements).
-        final = max(range(len(key_groups)), key=lambda i: (len(key_groups[i].groups), -i)) if key_groups else None
-        self._final = key_groups[final] if key_groups else None
+        final = max(range(len(key_groups)), key=lambda i: (len(key_groups[i].groups), -i))
+        self._final = key_groups[final]
         self._others = [kg for i, kg in enumerate(key_groups) if i != final]
 
-    def expand(self, records):
+    def expand(self, chunks):
         names = [f.name for f in self._features]
-        if self._final is None:
-            return records | "NoWindowColumns" >> beam.Map(lambda r: r)
         to_final = [
-            records
+            chunks
             | "EmitRecordsAndEvents" >> beam.ParDo(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket))
         ]
         for kg in self._others:
             to_final.append(
-                records
+                chunks
                 | f"EmitEventsAndQueries_{kg.label}"
                 >> beam.ParDo(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket))
                 | f"GroupByKeyAndTimeBucket_{kg.label}" >> beam.GroupByKey()
@@ -302,5 +402,28 @@ class LookbackAggregates(beam.PTransform):
         return (
             grouped
             | "GroupByKeyAndTimeBucket" >> beam.GroupByKey()
-            | "AggregateLookback" >> beam.ParDo(_AggregateRecords(self._final, self._window))
+            | "AggregateLookback"
+            >> beam.ParDo(_AggregateRecords(self._final, self._window)).with_outputs(REJECTED, main=RECORDS)
         )
+
+
+def _duplicate_id(entry):
+    raise ValueError(f"LookbackAggregates needs a unique _id per record; a record repeats one: {entry}")
+
+
+class LookbackAggregates(beam.PTransform):
+    """Record by record: adds each :class:`WindowFeature` column to every record (``_id`` must be
+    unique per record; a repeated one fails the pipeline). :class:`WindowChunks` on batches."""
+
+    def __init__(self, features: Sequence[WindowFeature], window_s: int, bucket_s: int = 86400):
+        super().__init__()
+        self._windows = WindowChunks(features, window_s, bucket_s)
+
+    def expand(self, records):
+        out = (
+            records
+            | "BatchRecords" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)
+            | "WindowChunks" >> self._windows
+        )
+        _ = out[REJECTED] | "FailOnRepeatedId" >> beam.Map(_duplicate_id)
+        return out[RECORDS] | "Unbatch" >> beam.FlatMap(lambda chunk: chunk)

@@ -9,6 +9,7 @@ at module import time, so Beam workers and light tools can read a schema cheaply
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -92,14 +93,29 @@ class DatasetSchema:
 
         ``labelled=False`` (records to predict) lets outcome columns be missing; present ones are still checked.
         """
-        for name, column in self.columns.items():
+        for name, column, numeric, low, high in self._checks:
             value = record.get(name)
-            if value is None and column.outcome and not labelled:
-                continue
-            reason = column.check(name, value)
-            if reason:
-                return reason
+            if value is None:
+                if column.required and not (column.outcome and not labelled):
+                    return column.check(name, value)
+            elif numeric:
+                if (
+                    (value.__class__ is float and not -math.inf < value < math.inf)
+                    or (low is not None and value < low)
+                    or (high is not None and value > high)
+                ):
+                    return column.check(name, value)
+            elif value == "" and column.required:
+                return column.check(name, value)
         return None
+
+    @functools.cached_property
+    def _checks(self) -> tuple:
+        """(name, column, numeric, min, max) per column: what :meth:`check` tests, row after row.
+        The reason itself is always :meth:`Column.check`'s."""
+        return tuple(
+            (name, c, c.dtype in (FLOAT, INT), c.min_value, c.max_value) for name, c in self.columns.items()
+        )
 
     def raw_feature_spec(self) -> dict:
         """The ``tf.io`` parse spec of raw tf.Examples: required columns fixed, optional ones VarLen."""

@@ -208,7 +208,12 @@ def _build_dataflow_job(dataset: str, work: pathlib.Path, service: FakeGoogleApi
 
     def expand(patterns):
         patterns = [p.strip() for p in patterns.split(",")] if isinstance(patterns, str) else patterns
-        return sorted(path for pattern in patterns for path in fake_bucket if fnmatch.fnmatch(path, pattern))
+        return sorted(
+            (path, fake_bucket[path].stat().st_size)
+            for pattern in patterns
+            for path in fake_bucket
+            if fnmatch.fnmatch(path, pattern)
+        )
 
     def first_line(path):
         return real_first_line(str(fake_bucket[path]))
@@ -291,7 +296,7 @@ def test_dataflow_job_is_submitted_as_run_dataflow_sh_configures_it(dataflow_job
 def test_dataflow_graph_has_our_stages_and_writes_to_the_bucket(dataflow_job):
     transforms = dataflow_job["pipeline"].components.transforms.values()
     stages = {t.unique_name.rsplit("/", 1)[-1] for t in transforms}
-    for stage in ("ReadRawLines", "ParseAndValidate", "Deduplicate", "AddWindowFeatures", "AssignSplit",
+    for stage in ("ReadRawLines", "ParseAndValidate", "DeduplicateAndAddWindowFeatures", "AssignSplit",
                   "AnalyzeAndTransform", "AnalyzeTrainData", "WriteTransformFn", "WriteCounts"):
         assert stage in stages, f"{stage} missing from the Dataflow graph"
     for split in ("Train", "Valid", "Test"):

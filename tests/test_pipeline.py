@@ -13,11 +13,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import flights, manifest
 from pipeline.airports import load_airports
-from pipeline.io import InputError, InputFile, parser_factory, plan_inputs
+from pipeline.io import InputError, InputFile, parser_factory, plan_inputs, read_lines, read_ranges
 from pipeline.options import UsageError, parse_options
 from pipeline.preprocess import run
-from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, reason_key
+from pipeline.rows import EXCLUDED, REJECTED, ParseRows, fingerprint, reason_key
 from pipeline.split import MIN_KEYS_FOR_COARSE_UNIT, assign_split, choose_unit, hash_fraction, parse_fractions
+from pipeline.windowing import ID, RECORDS, WindowChunks, WindowFeature
 from schemas.flights import SCHEMA, TRANSFORMED_SOURCES
 from tests.test_flights_parse import BTS_HEADER, bts_row
 
@@ -70,16 +71,28 @@ def test_reason_keys_group_reasons_without_their_values():
     assert reason_key("cancelled") == "cancelled"
 
 
-def test_deduplicate_keeps_one_and_rejects_the_copies():
-    a = {"carrier": "AA", "origin": "JFK", "_source": "b.csv", "_line": "x"}
-    copy = {**a, "_source": "a.csv"}
-    other = {"carrier": "DL", "origin": "JFK", "_source": "a.csv", "_line": "y"}
+def test_exact_copies_are_kept_once_where_they_meet_in_the_window_group():
+    """Copies share their fingerprint and their (key, bucket): the group keeps the first by (source,
+    line), rejects the others with the kept row's source, and counts the copy's event once."""
+    columns = ["carrier", "origin", "dep_ts", "dep_delay", "pred_ts"]
+
+    def row(carrier, dep_ts, delay, source, line):
+        record = {"carrier": carrier, "origin": "JFK", "dep_ts": dep_ts, "dep_delay": delay, "pred_ts": dep_ts + 600,
+                  "_source": source, "_line": line}
+        record[ID] = fingerprint(record, columns)
+        return record
+
+    a = row("AA", 36_000, 10.0, "b.csv", "x")
+    copy = {**a, "_source": "a.csv"}  # the same flight from another file: kept, as a.csv sorts first
+    later = row("DL", 36_000 + 900, 0.0, "a.csv", "y")  # sees AA's departure once, not twice
+    feature = WindowFeature("avg_dep_delay", key="origin", event_time="dep_ts", query_time="pred_ts", value="dep_delay")
     with TestPipeline() as p:
-        out = p | beam.Create([a, copy, other]) | Deduplicate(["carrier", "origin"])
-        assert_that(out.records | beam.Map(lambda r: (r["carrier"], r["_source"])), equal_to([("AA", "a.csv"), ("DL", "a.csv")]),
-                    label="Kept")
-        assert_that(out[REJECTED] | beam.Map(lambda e: (e["stage"], e["reason"], e["source"])),
-                    equal_to([("dedupe", "record: duplicate of a row in a.csv", "b.csv")]), label="Duplicates")
+        out = p | beam.Create([[a, later], [copy]]) | WindowChunks([feature], 3600)
+        kept = out[RECORDS] | beam.FlatMap(lambda chunk: [(r["carrier"], r["_source"], r["avg_dep_delay"], "_line" in r)
+                                                          for r in chunk])
+        assert_that(kept, equal_to([("AA", "a.csv", None, False), ("DL", "a.csv", 10.0, False)]), label="Kept")
+        assert_that(out[REJECTED] | beam.Map(lambda e: (e["stage"], e["reason"], e["source"], e["record"])),
+                    equal_to([("dedupe", "record: duplicate of a row in a.csv", "b.csv", "x")]), label="Duplicates")
 
 
 # ------------------------------------------------------------------ split
@@ -205,3 +218,27 @@ def test_output_dir_is_never_mixed_with_a_previous_run(tmp_path):
     (out / "old_shard").write_text("x")
     with pytest.raises(UsageError, match="not empty .* --overwrite"):
         run(["--dataset", "flights", "--input", str(path), "--output_dir", str(out)])
+
+
+# ------------------------------------------------------------------ reading in ranges and chunks
+@pytest.mark.parametrize("range_bytes", [1, 2, 5, 7, 11, 16, 1000])
+def test_byte_ranges_read_every_line_once_whatever_the_cut(tmp_path, range_bytes):
+    """A range owns the lines that start in it: a cut inside a line, just before or just after a line
+    end, or on the header gives each line to exactly one range; only the first range skips the header."""
+    lines = [b"H1,H2\n", b"a,1\n", b"\n", b"bb,22\r\n", b"c,3\n", b"dddd,4444\n", b"e,5"]  # an empty line, CRLF, no final newline
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"".join(lines))
+    ranges = read_ranges(str(path), path.stat().st_size, has_header=True, range_bytes=range_bytes)
+    assert [r.skip_header for r in ranges] == [True] + [False] * (len(ranges) - 1)
+    got = [line for rng in ranges for _, chunk in read_lines(rng, chunk_lines=2) for line in chunk]
+    assert got == lines[1:]
+
+
+def test_a_compressed_file_is_one_range_read_in_chunks(tmp_path):
+    path = tmp_path / "f.csv.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"h\n" + b"".join(b"%d\n" % i for i in range(25)))
+    (rng,) = read_ranges(str(path), path.stat().st_size, has_header=True, range_bytes=10)
+    chunks = [chunk for _, chunk in read_lines(rng, chunk_lines=10)]
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert chunks[2][-1] == b"24\n"

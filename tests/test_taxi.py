@@ -20,9 +20,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline import taxi
 from pipeline.io import InputError, InputFile, detect_layout, parser_factory, plan_inputs
 from pipeline.options import UsageError
-from pipeline.rows import EXCLUDED, REJECTED, Deduplicate, ParseRows, Reject
+from pipeline.rows import EXCLUDED, REJECTED, ParseRows, Reject, fingerprint
 from pipeline.split import assign_split
-from pipeline.windowing import LookbackAggregates
+from pipeline.windowing import ID, LookbackAggregates
 from schemas import transformed_name
 from schemas.taxi import SCHEMA, TRANSFORMED_SOURCES
 from tests.conftest import shared_file
@@ -372,8 +372,13 @@ def test_window_features_count_trips_that_ended_in_the_hour_before_pickup():
     for name, record in records.items():
         record["name"] = name
     with TestPipeline() as p:
-        unique = p | beam.Create(list(records.values())) | Deduplicate(SCHEMA.columns)
-        windowed = unique.records | LookbackAggregates(taxi.WINDOW_FEATURES, 3600, taxi.WINDOW_BUCKET_SECONDS)
+        for record in records.values():
+            record[ID] = fingerprint(record, SCHEMA.columns)
+        windowed = (
+            p
+            | beam.Create(list(records.values()))
+            | LookbackAggregates(taxi.WINDOW_FEATURES, 3600, taxi.WINDOW_BUCKET_SECONDS)
+        )
         assert_that(
             windowed
             | beam.Map(

