@@ -15,6 +15,9 @@ Three figures, each the median of --repeats:
   * the whole job: ``python -m trainer.task`` (fit, evaluation, export, skew check) as a child
     process, its wall time and train rows * epochs / wall.
 fit / read close to 1 means training waits on its input; well below 1, the model step dominates.
+Also reported: the model step alone (the same batches cached in memory, epochs after the first), and
+CPU seconds (process time, all threads) of a read and of a fit epoch: on a machine with few cores the
+input pipeline and the model step share them, so a fit epoch costs about read CPU + step CPU.
 """
 
 from __future__ import annotations
@@ -71,11 +74,12 @@ def measure_in_process(data_dir: str, model_name: str, batch_size: int, epochs: 
         return int(ds.reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch[1], tf.int64)[0]))
 
     assert count(dataset()) == rows  # the first pass also warms the file cache
-    read_s = []
+    read_s, read_cpu_s = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         count(dataset())
         read_s.append(time.perf_counter() - t)
+        read_cpu_s.append(time.process_time() - c)
     python_loop_s = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -87,15 +91,17 @@ def measure_in_process(data_dir: str, model_name: str, batch_size: int, epochs: 
         def __init__(self):
             super().__init__()
             self.times = []
+            self.cpu = []
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._t = time.perf_counter()
+            self._t, self._c = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             self.times.append(time.perf_counter() - self._t)
+            self.cpu.append(time.process_time() - self._c)
 
-    fit_epoch_s = []
-    for _ in range(repeats):
+    def fit_epochs(ds) -> tuple[float, float]:
+        """(wall, CPU) seconds of a median epoch after the first (tracing, filling a cache)."""
         tf_keras.backend.clear_session()
         tf_keras.utils.set_random_seed(defaults.seed)
         mean = data.label_mean(pattern, schema.label, spec[schema.label])
@@ -106,8 +112,14 @@ def measure_in_process(data_dir: str, model_name: str, batch_size: int, epochs: 
         )
         models.compile_model(model, schema.task, defaults.learning_rate)
         timer = EpochTimer()
-        model.fit(dataset(), epochs=epochs, callbacks=[timer], verbose=0)
-        fit_epoch_s.append(median(timer.times[1:]) if len(timer.times) > 1 else timer.times[0])
+        model.fit(ds, epochs=epochs, callbacks=[timer], verbose=0)
+        later = slice(1, None) if len(timer.times) > 1 else slice(None)
+        return median(timer.times[later]), median(timer.cpu[later])
+
+    fit = [fit_epochs(dataset()) for _ in range(repeats)]
+    # The model step alone: the same batches cached in memory after the first epoch (no read, no parse).
+    step = [fit_epochs(dataset().cache()) for _ in range(repeats)]
+    fit_epoch_s = [w for w, _ in fit]
     read_rate = rows / median(read_s)
     fit_rate = rows / median(fit_epoch_s)
     return {
@@ -118,9 +130,14 @@ def measure_in_process(data_dir: str, model_name: str, batch_size: int, epochs: 
         "read_s": [round(x, 3) for x in read_s],
         "read_examples_per_s": round(read_rate),
         "read_python_loop_examples_per_s": round(rows / median(python_loop_s)),
+        "read_cpu_s": round(median(read_cpu_s), 3),
         "fit_epoch_s": [round(x, 3) for x in fit_epoch_s],
+        "fit_epoch_cpu_s": round(median([c for _, c in fit]), 3),
         "fit_examples_per_s": round(fit_rate),
         "fit_over_read": round(fit_rate / read_rate, 3),
+        "step_from_memory_epoch_s": [round(w, 3) for w, _ in step],
+        "step_from_memory_cpu_s": round(median([c for _, c in step]), 3),
+        "step_from_memory_examples_per_s": round(rows / median([w for w, _ in step])),
         "tf_threads": {"inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                        "intra_op": tf.config.threading.get_intra_op_parallelism_threads()},
     }
@@ -183,7 +200,9 @@ def main(argv=None) -> int:
             json.dump(report, f, indent=1)
     ip = report["in_process"]
     print(f"read {ip['read_examples_per_s']} ex/s, fit {ip['fit_examples_per_s']} ex/s, "
-          f"fit/read {ip['fit_over_read']:.0%}; trainer.task wall {report['trainer_task']['wall_s_median']} s")
+          f"fit/read {ip['fit_over_read']:.0%}, model step from memory {ip['step_from_memory_examples_per_s']} ex/s; "
+          f"CPU s read {ip['read_cpu_s']}, fit epoch {ip['fit_epoch_cpu_s']}, step {ip['step_from_memory_cpu_s']}; "
+          f"trainer.task wall {report['trainer_task']['wall_s_median']} s")
     return 0
 
 
