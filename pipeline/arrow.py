@@ -13,6 +13,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from pipeline.rows import Records
+
 
 def tfxio_for(schema):
     """The TFXIO describing raw tf.Examples of ``schema`` (a ``schemas.DatasetSchema``)."""
@@ -63,14 +65,14 @@ class Rebatch(beam.DoFn):
     def process(self, records):
         self._buffer.extend(records)
         while len(self._buffer) >= self._max:
-            yield self._buffer[: self._max]
+            yield Records(self._buffer[: self._max])
             del self._buffer[: self._max]
 
     def finish_bundle(self):
         from apache_beam.transforms import window
 
         if self._buffer:
-            yield window.GlobalWindows.windowed_value_at_end_of_window(self._buffer)
+            yield window.GlobalWindows.windowed_value_at_end_of_window(Records(self._buffer))
             self._buffer = []
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
+from pipeline.rows import Records
+
 SPLITS = ("train", "valid", "test")
 AUTO = "auto"
 # Below this many distinct coarse keys (e.g. days), whole-key splits are too lumpy to give three
@@ -68,4 +70,4 @@ class SplitRecords(beam.DoFn):
         for record in records:
             by_split.setdefault(assign_split(unit(record), self._fractions), []).append(record)
         for split, chosen in by_split.items():
-            yield beam.pvalue.TaggedOutput(split, chosen)
+            yield beam.pvalue.TaggedOutput(split, Records(chosen))

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
-from pipeline.rows import LINE, REJECTED, keep_first
+from pipeline.rows import LINE, REJECTED, Records, keep_first
 
 ID = "_id"
 RECORDS = "records"
@@ -246,7 +246,8 @@ class _EmitEventsAndQueries(beam.DoFn):
             for group, sel in _runs([keys[i] for i in rows], tq // self._bucket):
                 routes = [_route(chunk[rows[i]], self._final, self._bucket) for i in sel]
                 out.setdefault(group, []).append((_QUERIES, ids[sel], tq[sel], routes))
-        yield from out.items()
+        for group, blocks in out.items():
+            yield group, Records(blocks)
 
 
 class _AggregateQueries(beam.DoFn):
@@ -273,7 +274,7 @@ class _AggregateQueries(beam.DoFn):
             by_route.setdefault(route, []).append(i)
         names, id_list = list(stats), ids.tolist()
         for route, rows in by_route.items():
-            yield route, [(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})]
+            yield route, Records([(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})])
 
 
 class _EmitRecordsAndEvents(beam.DoFn):
@@ -296,7 +297,8 @@ class _EmitRecordsAndEvents(beam.DoFn):
             else:
                 slot[0][1].append(record)
         _emit_events(records, _keys(records, self._kg.key), self._kg, self._window, self._bucket, out)
-        yield from out.items()
+        for group, blocks in out.items():
+            yield group, Records(blocks)
 
 
 class _AggregateRecords(beam.DoFn):
@@ -358,7 +360,7 @@ class _AggregateRecords(beam.DoFn):
             for name, column in stats.items():
                 for record, value in zip(records, column, strict=True):
                     record[name] = value
-        yield records
+        yield Records(records)
 
 
 class WindowChunks(beam.PTransform):
