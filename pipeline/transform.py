@@ -41,8 +41,28 @@ def framed_examples(record_batch) -> bytes:
     return buffer.getvalue()
 
 
+# gzip level of the shards: level 1 compresses 4× faster than the default (6), for files about a third larger
+# (flights examples: 1.41 MB per 4,096 rows -> 0.27 MB instead of 0.20 MB). At the default level compression was
+# the largest single cost of writing the examples.
+GZIP_LEVEL = 1
+
+
 class _FramedTFRecordSink(filebasedsink.FileBasedSink):
-    """``WriteToTFRecord``'s sink for elements that are already framed runs of TFRecords."""
+    """``WriteToTFRecord``'s sink for elements that are already framed runs of TFRecords, gzip at GZIP_LEVEL."""
+
+    def open(self, temp_path):
+        import zlib
+
+        from apache_beam.io.filesystem import CompressedFile, CompressionTypes
+
+        writer = super().open(temp_path)
+        # Beam always compresses at zlib's default level; nothing is written yet, so its compressor can be
+        # swapped for one of the same gzip format at another level. (Unknown Beam internals: the default stays.)
+        if isinstance(writer, CompressedFile) and getattr(writer, "_compression_type", None) == CompressionTypes.GZIP:
+            mask = getattr(writer, "_gzip_mask", None)
+            if mask is not None and hasattr(writer, "_compressor"):
+                writer._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, mask)  # noqa: SLF001
+        return writer
 
     def write_encoded_record(self, file_handle, value):
         file_handle.write(value)

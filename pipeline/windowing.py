@@ -99,8 +99,9 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s):
 # routed to (None, its id), where it meets only its own partial results. Group elements are
 # columnar blocks, one per kind and group of a chunk:
 #   (_RECORDS, [record, ...])
-#   (_EVENTS, j, ids, event times, values (n, n_features))  events of event-time group j
-#   (_QUERIES, ids, query times, [route, ...])              queries of a key group computed apart
+#   (_EVENTS, j, [id], event times, values)  events of event-time group j; times int64 and values
+#                                            float64 (n, n_features) as raw bytes
+#   (_QUERIES, [id], query times, [route])   queries of a key group computed apart (times as bytes)
 #   (_PARTIALS, [id, ...], {name: [value, ...]})            its results, sent to the records' routes
 _RECORDS, _EVENTS, _QUERIES, _PARTIALS = 0, 1, 2, 3
 
@@ -182,7 +183,8 @@ def _emit_events(records, keys, kg: _KeyGroup, window_s: int, bucket_s: int, out
             reach = np.flatnonzero(first + offset <= last)
             for group, sel in _runs([row_keys[i] for i in reach], first[reach] + offset):
                 idx = reach[sel]
-                out.setdefault(group, []).append((_EVENTS, j, ids[idx], te[idx], values[idx]))
+                # Raw bytes, not arrays: a small numpy array costs more to pickle and unpickle than its buffer.
+                out.setdefault(group, []).append((_EVENTS, j, ids[idx].tolist(), te[idx].tobytes(), values[idx].tobytes()))
 
 
 def _compute(kg: _KeyGroup, blocks, q_t, q_id, window_s: int) -> dict[str, list]:
@@ -216,9 +218,9 @@ def _event_blocks(kg: _KeyGroup, parts) -> list:
         if not mine:
             blocks.append(None)
             continue
-        ids = np.concatenate([p[2] for p in mine])
-        times = np.concatenate([p[3] for p in mine])
-        values = np.concatenate([p[4] for p in mine])
+        ids = np.array([x for p in mine for x in p[2]])
+        times = np.frombuffer(b"".join(p[3] for p in mine), dtype=np.int64)
+        values = np.frombuffer(b"".join(p[4] for p in mine), dtype=np.float64).reshape(len(ids), -1)
         _, first = np.unique(ids, return_index=True)
         if len(first) < len(ids):
             first.sort()
@@ -245,7 +247,7 @@ class _EmitEventsAndQueries(beam.DoFn):
             ids = np.array([chunk[i][ID] for i in rows])
             for group, sel in _runs([keys[i] for i in rows], tq // self._bucket):
                 routes = [_route(chunk[rows[i]], self._final, self._bucket) for i in sel]
-                out.setdefault(group, []).append((_QUERIES, ids[sel], tq[sel], routes))
+                out.setdefault(group, []).append((_QUERIES, ids[sel].tolist(), tq[sel].tobytes(), routes))
         for group, blocks in out.items():
             yield group, Records(blocks)
 
@@ -262,8 +264,8 @@ class _AggregateQueries(beam.DoFn):
                 (events if block[0] == _EVENTS else queries).append(block)
         if not queries:
             return
-        ids = np.concatenate([q[1] for q in queries])
-        tq = np.concatenate([q[2] for q in queries])
+        ids = np.array([x for q in queries for x in q[1]])
+        tq = np.frombuffer(b"".join(q[2] for q in queries), dtype=np.int64)
         routes = [route for q in queries for route in q[3]]
         _, first = np.unique(ids, return_index=True)  # a copy's query is its original's
         first.sort()
