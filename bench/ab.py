@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 
-from bench.common import machine, make_flights_input, median
+from bench.common import machine, make_flights_input, median, write_report
 from bench.preprocess import MODES, run_preprocess
 
 
@@ -59,10 +59,7 @@ def main(argv=None) -> int:
               "speedup_pipeline": round(b["pipeline_wall_s_median"] / a["pipeline_wall_s_median"], 2),
               "runs": runs}
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.json)
     return 0
 
 

@@ -211,3 +211,12 @@ def make_flights_input(n_rows: int, target_dir: str, sample: str = KAGGLE_SAMPLE
     with open(stamp, "w") as f:
         json.dump(paths, f)
     return paths
+
+
+def write_report(report: dict, path: str | None) -> None:
+    """Writes a benchmark's report as JSON to ``path`` (its directory made), when a path is given."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)

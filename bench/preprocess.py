@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 
-from bench.common import REPO, machine, make_flights_input, median, run_child
+from bench.common import REPO, machine, make_flights_input, median, run_child, write_report
 
 MODES = {
     "in_memory": [],  # DirectRunner's default for batch: FnApiRunner, one process
@@ -141,10 +141,7 @@ def main(argv=None) -> int:
         print(json.dumps({"size": n, "summary": {m: v["summary"] for m, v in entry["modes"].items()},
                           "comparison": entry.get("comparison")}), flush=True)
     report["machine_after"] = machine()
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.json)
     print(json.dumps(table(report), indent=1))
     return 0
 

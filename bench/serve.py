@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-from bench.common import KAGGLE_SAMPLE, REPO, load_average, machine, median, run_child
+from bench.common import KAGGLE_SAMPLE, REPO, load_average, machine, median, run_child, write_report
 
 HOST = "127.0.0.1"
 
@@ -241,10 +241,7 @@ def main(argv=None) -> int:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
     report["machine_after"] = machine()
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.json)
     for label, s in report["scenarios"].items():
         print(f"{label}: p50 {s['p50_ms_median']} ms, p99 {s['p99_ms_median']} ms, "
               f"{s['predictions_per_s_median']} predictions/s, {s['requests_per_s_median']} requests/s")

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import KAGGLE_SAMPLE, REPO, load_average, machine, median, run_child
+from bench.common import KAGGLE_SAMPLE, REPO, load_average, machine, median, run_child, write_report
 
 
 def _prepare(data_dir: str | None, work: str, timeout: float) -> str:
@@ -194,10 +194,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["machine_after"] = machine()
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.json)
     ip = report["in_process"]
     print(f"read {ip['read_examples_per_s']} ex/s, fit {ip['fit_examples_per_s']} ex/s, "
           f"fit/read {ip['fit_over_read']:.0%}, model step from memory {ip['step_from_memory_examples_per_s']} ex/s; "
