@@ -36,18 +36,12 @@ def excluded_key(entry: Mapping) -> str:
     return SEP.join(("excluded", reason_key(entry["reason"])))
 
 
-def split_keys(record: Mapping, split: str, optional_columns) -> list[str]:
-    keys = [SEP.join(("split", split))]
-    keys += [SEP.join(("present", split, c)) for c in optional_columns if record.get(c) is not None]
-    return keys
-
-
 def batch_split_keys(batch, split: str, optional_columns) -> list[tuple[str, int]]:
-    """:func:`split_keys` summed over an Arrow record batch of the split: ``(key, n)`` pairs.
+    """Count keys of an Arrow record batch of the split, as ``(key, n)`` pairs: the split's rows, and per
+    optional column the rows where it is present.
 
     A missing value is an empty list in the batch (see ``pipeline.arrow.to_record_batch``), so a
-    column's present count is its number of non-empty lists; zero counts are left out, as
-    :func:`split_keys` emits no key for them.
+    column's present count is its number of non-empty lists; zero counts are left out.
     """
     import numpy as np
     import pyarrow.compute as pc

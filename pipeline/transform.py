@@ -20,13 +20,6 @@ from pipeline.arrow import encode_examples
 TFRECORD_SUFFIX = ".tfrecord.gz"
 
 
-def write_tfrecords(label: str, path_prefix: str):
-    """PCollection[bytes] of serialized records -> gzip TFRecord shards under ``path_prefix``."""
-    return label >> beam.io.WriteToTFRecord(
-        path_prefix, file_name_suffix=TFRECORD_SUFFIX, compression_type=beam.io.filesystem.CompressionTypes.GZIP
-    )
-
-
 def framed_examples(record_batch) -> bytes:
     """A record batch's rows as serialized tf.Examples, already framed as consecutive TFRecords.
 
@@ -70,7 +63,7 @@ class _FramedTFRecordSink(filebasedsink.FileBasedSink):
 
 def write_framed_tfrecords(label: str, path_prefix: str):
     """PCollection[bytes] of :func:`framed_examples` -> the same gzip TFRecord shards as
-    :func:`write_tfrecords` would write from the examples one by one (one element per batch,
+    ``beam.io.WriteToTFRecord`` would write from the examples one by one (one element per batch,
     instead of one per row through the write's per-element steps)."""
     sink = _FramedTFRecordSink(
         path_prefix,

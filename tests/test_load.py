@@ -15,7 +15,6 @@ printed (pytest -s) and written to a JSON file (LOAD_TEST_REPORT, default under 
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import math
@@ -24,17 +23,13 @@ import random
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_serving import _free_port, _raw_test_rows, _train
+from tests.test_serving import _raw_test_rows, _train, server
 
 LOAD_SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", "12"))
 WARMUP_SECONDS = float(os.environ.get("LOAD_TEST_WARMUP_SECONDS", "3"))
@@ -52,40 +47,6 @@ MIX = {
 EXPECTED_STATUS = {"single": 200, "batch50": 200, "tf_example": 200, "malformed_json": 400, "missing_feature": 400,
                    "wrong_type": 400, "unknown_feature": 400, "bad_tf_example": 400, "unknown_model": 404,
                    "oversized": 413, "hang_up": None}
-
-
-# ------------------------------------------------------------------ a server whose log goes to a file
-@contextlib.contextmanager
-def server(model_dir, log_path, name="flights", env=None):
-    """``python -m trainer.serve`` on a free loopback port, its output in ``log_path`` (a pipe that nobody
-    reads fills up after a few thousand log lines and blocks the server)."""
-    port = _free_port()
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.serve", "--model_dir", str(model_dir), "--port", str(port)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/v1/models/{name}", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    raise RuntimeError(f"server did not start: {open(log_path).read()[-3000:]}") from None
-                time.sleep(0.5)
-        yield base, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def rss_mb(pid: int) -> float:

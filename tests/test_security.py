@@ -31,8 +31,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_flights_parse import BTS_HEADER, bts_row
-from tests.test_load import PREDICT, server
-from tests.test_serving import _raw_test_rows, _train, post
+from tests.test_load import PREDICT
+from tests.test_serving import _raw_test_rows, _train, post, server
 
 
 class _Live:

@@ -67,32 +67,44 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(model_dir, name=None):
+def server(model_dir, log_path, name=None, env=None):
+    """``python -m trainer.serve`` on a free loopback port (``--model_name name`` when given), its output in
+    ``log_path``: a file, not a pipe, since nobody reads a pipe while a test runs and a full one blocks the
+    server. Yields (base URL, process)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "trainer.serve", "--model_dir", str(model_dir), "--port", str(port)]
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read on failure
-    # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would block the server.
-    proc = subprocess.Popen(cmd + (["--model_name", name] if name else []), cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd + (["--model_name", name] if name else []), cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/v1/models/{name or 'flights'}", timeout=2)
+                    break
+                except urllib.error.HTTPError:
+                    break  # answering, if only with a 404 for another name
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        log.flush()
+                        raise RuntimeError(f"server did not start: {open(log_path).read()[-3000:]}") from None
+                    time.sleep(0.5)
+            yield base, proc
+        finally:
+            proc.terminate()
             try:
-                urllib.request.urlopen(f"{base}/v1/models/{name or 'flights'}", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # answering, if only with a 404 for another name
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"server did not start: {open(log.name).read()}") from None
-                time.sleep(0.5)
-        yield base, proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        os.unlink(log.name)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def serving(model_dir, name=None):
+    """:func:`server` with its log in a temporary directory."""
+    with tempfile.TemporaryDirectory() as work, server(model_dir, os.path.join(work, "serve.log"), name) as running:
+        yield running
 
 
 def post(url, body, raw: bytes | None = None):
