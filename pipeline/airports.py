@@ -15,6 +15,8 @@ import io
 import logging
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 Airport = tuple  # (lat, lon, tz): tz is an IANA name or a fixed offset "+HHMM"/"-HHMM"
@@ -95,3 +97,86 @@ def local_to_utc(date: str, minutes: int, tz: str) -> int:
 def utc_to_local_string(ts: int, tz: str) -> str:
     """UTC epoch seconds -> "YYYY-MM-DD HH:MM" wall clock at ``tz``."""
     return dt.datetime.fromtimestamp(ts, _zone(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+# ---------------------------------------------------------------- many at once (the block parsers)
+def _pairs(a_codes: np.ndarray, b_codes: np.ndarray, b_size: int):
+    """Distinct (a, b) code pairs of two coded columns: (list of pairs, per-row index into it)."""
+    b_size = max(b_size, 1)
+    distinct, inverse = np.unique(a_codes.astype(np.int64) * b_size + b_codes, return_inverse=True)
+    return list(zip((distinct // b_size).tolist(), (distinct % b_size).tolist(), strict=True)), inverse.reshape(-1)
+
+
+def local_to_utc_many(days, minutes: np.ndarray, zones, ok: np.ndarray) -> np.ndarray:
+    """:func:`local_to_utc` of every row: ``days`` and ``zones`` are coded columns (``.values``
+    distinct values, ``.codes`` per row), ``minutes`` an int array.
+
+    A (day, zone) without a UTC offset change from its 00:00 to the next day's takes 00:00's time
+    plus the minutes; a day with a change (daylight saving) takes :func:`local_to_utc` row by row.
+    Rows whose conversion fails are marked False in ``ok`` (in place) and get 0.
+    """
+    pairs, inverse = _pairs(days.codes, zones.codes, len(zones.values))
+    start = np.zeros(len(pairs), dtype=np.int64)
+    uniform = np.zeros(len(pairs), dtype=bool)
+    for j, (d, z) in enumerate(pairs):
+        day, tz = days.values[d], zones.values[z]
+        try:
+            start[j] = local_to_utc(day, 0, tz)
+            uniform[j] = local_to_utc(day, 1440, tz) - start[j] == 86400
+        except Exception:  # noqa: BLE001 - e.g. the first or last day there is: row by row below
+            pass
+    ts = start[inverse] + minutes * 60
+    for i in np.flatnonzero(~uniform[inverse]).tolist():
+        d, z = pairs[inverse[i]]
+        try:
+            ts[i] = local_to_utc(days.values[d], int(minutes[i]), zones.values[z])
+        except Exception:  # noqa: BLE001 - local_to_utc fails the same way row by row
+            ts[i] = 0
+            ok[i] = False
+    return ts
+
+
+def utc_to_local_string_many(ts: np.ndarray, zones, ok: np.ndarray) -> list:
+    """:func:`utc_to_local_string` of every row: ``ts`` an int array, ``zones`` a coded column.
+
+    A (UTC day, zone) with one UTC offset all day shifts by it and formats the local day once and
+    the local "HH:MM" once per distinct value; any other row is formatted one by one. Rows whose
+    conversion fails are marked False in ``ok`` (in place) and get None.
+    """
+    utc_days, day_codes = np.unique(ts // 86400, return_inverse=True)
+    utc_days = utc_days.tolist()
+    pairs, inverse = _pairs(day_codes.reshape(-1), zones.codes, len(zones.values))
+    offset = np.zeros(len(pairs), dtype=np.int64)
+    uniform = np.zeros(len(pairs), dtype=bool)
+    for j, (d, z) in enumerate(pairs):
+        first, zone = utc_days[d] * 86400, _zone(zones.values[z])
+        try:
+            a = dt.datetime.fromtimestamp(first, zone).utcoffset()
+            b = dt.datetime.fromtimestamp(first + 86399, zone).utcoffset()
+        except Exception:  # noqa: BLE001 - out of range: row by row below, which fails the same way
+            continue
+        if a == b:
+            offset[j], uniform[j] = int(a.total_seconds()), True
+    local_day, second = np.divmod(ts + offset[inverse], 86400)
+    days, day_inverse = np.unique(local_day, return_inverse=True)
+    day_text = np.array([_day_string(d) for d in days.tolist()], dtype=object)
+    out = (day_text[day_inverse.reshape(-1)] + _CLOCKS[second // 60]).tolist()
+    out_of_range = np.array([not t for t in day_text.tolist()], dtype=bool)[day_inverse.reshape(-1)]
+    for i in np.flatnonzero(~uniform[inverse] | out_of_range).tolist():
+        try:
+            out[i] = utc_to_local_string(int(ts[i]), zones.values[zones.codes[i]])
+        except Exception:  # noqa: BLE001
+            out[i] = None
+            ok[i] = False
+    return out
+
+
+_CLOCKS = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(1440)], dtype=object)
+
+
+def _day_string(day: int) -> str:
+    """"YYYY-MM-DD " of a day number since 1970-01-01, as utc_to_local_string writes it ("": out of range)."""
+    try:
+        return (dt.datetime(1970, 1, 1) + dt.timedelta(days=day)).strftime("%Y-%m-%d ")
+    except OverflowError:
+        return ""

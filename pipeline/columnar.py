@@ -3,9 +3,9 @@
 A dataset's block parser turns a chunk of lines into canonical records with a few calls per
 *distinct* value (dates, airports, clock times and delays repeat thousands of times in a chunk)
 and numpy arithmetic per column, instead of dozens of Python calls per row. It never decides that
-a row is bad: a row that fails or might fail any check is handed back (``None``), and the row
-parser, which gives the exact reason, takes it. So the block path may only be faster, never
-different; ``tests/test_flights_parse.py`` compares both on real and odd rows.
+a row is bad: a row that fails or might fail any check is left out of the block's rows, and the
+row parser, which gives the exact reason, takes it. So the block path may only be faster, never
+different; ``tests/test_block_parse.py`` compares both on odd, random and real rows.
 """
 
 from __future__ import annotations
@@ -15,28 +15,9 @@ import operator
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
-BAD = object()  # a distinct value whose conversion failed: its rows go to the row parser
-
-
-def lookup(values: Sequence, convert: Callable, ok: np.ndarray) -> list:
-    """``convert`` applied once per distinct value of ``values``; returns the per-row results.
-
-    A value whose conversion raises anything (a Reject, an Exclude, an OverflowError...) gives
-    :data:`BAD`, and its rows are marked False in ``ok`` (in place).
-    """
-    table = {}
-    failed = False
-    for value in set(values):
-        try:
-            table[value] = convert(value)
-        except Exception:  # noqa: BLE001 - the row parser gives the reason
-            table[value] = BAD
-            failed = True
-    out = list(map(table.__getitem__, values))
-    if failed:
-        ok &= np.fromiter((v is not BAD for v in out), dtype=bool, count=len(out))
-    return out
+BAD = object()  # the result for a distinct value whose conversion failed: its rows go to the row parser
 
 
 def required(convert: Callable) -> Callable:
@@ -77,15 +58,91 @@ def split_csv(lines: Sequence[str], width: int, indices: Sequence[int], ok: np.n
     return list(zip(*rows, strict=True)) if rows else [() for _ in indices]
 
 
+class Coded:
+    """A column as its distinct values and, per row, the index of its value among them."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self, values: list, codes: np.ndarray):
+        self.values = values
+        self.codes = codes
+
+    def map(self, fn: Callable) -> Coded:
+        """``fn`` of each distinct value (which must not fail: use :func:`convert` for that)."""
+        return Coded([fn(v) for v in self.values], self.codes)
+
+    def subset(self, rows: np.ndarray) -> Coded:
+        """The column at ``rows`` only (the same distinct values)."""
+        return Coded(self.values, self.codes[rows])
+
+    def rows(self, rows: np.ndarray | None = None) -> list:
+        """The per-row values (of ``rows`` only, when given), as a list."""
+        table = np.empty(len(self.values), dtype=object)
+        for i, value in enumerate(self.values):  # one by one: a tuple value must stay one object
+            table[i] = value
+        return table[self.codes if rows is None else self.codes[rows]].tolist()
+
+    def array(self, dtype, missing, rows: np.ndarray | None = None) -> np.ndarray:
+        """The per-row values as a numpy array, ``missing`` where a value is None or :data:`BAD`."""
+        table = np.array([missing if v is None or v is BAD else v for v in self.values], dtype=dtype)
+        return table[self.codes if rows is None else self.codes[rows]]
+
+    def present(self, rows: np.ndarray | None = None) -> np.ndarray:
+        table = np.array([v is not None and v is not BAD for v in self.values], dtype=bool)
+        return table[self.codes if rows is None else self.codes[rows]]
+
+
+def encode(values) -> Coded:
+    """Texts (a sequence of str) or a numpy array -> :class:`Coded`."""
+    if isinstance(values, np.ndarray):
+        distinct, codes = np.unique(values, return_inverse=True)
+        return Coded(distinct.tolist(), codes.reshape(-1))
+    encoded = pa.array(values, type=pa.string()).dictionary_encode()
+    return Coded(encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def convert(column: Coded, fn: Callable, ok: np.ndarray) -> Coded:
+    """``fn`` once per distinct value; rows whose value fails (raises anything) are marked False in
+    ``ok`` (in place) and get :data:`BAD`."""
+    results = []
+    failed = []
+    for i, value in enumerate(column.values):
+        try:
+            results.append(fn(value))
+        except Exception:  # noqa: BLE001 - the row parser gives the reason
+            results.append(BAD)
+            failed.append(i)
+    if failed:
+        bad = np.zeros(len(results), dtype=bool)
+        bad[failed] = True
+        ok &= ~bad[column.codes]
+    return Coded(results, column.codes)
+
+
+def combine(*columns: Coded) -> Coded:
+    """The distinct combinations of several columns' values, as tuples."""
+    code = columns[0].codes.astype(np.int64)
+    for column in columns[1:]:
+        code = code * max(len(column.values), 1) + column.codes
+    distinct, inverse = np.unique(code, return_inverse=True)
+    parts = []
+    for column in reversed(columns[1:]):
+        size = max(len(column.values), 1)
+        parts.append(distinct % size)
+        distinct = distinct // size
+    parts.append(distinct)
+    parts.reverse()
+    values = [
+        tuple(column.values[k] for column, k in zip(columns, ks, strict=True))
+        for ks in zip(*(part.tolist() for part in parts), strict=True)
+    ]
+    return Coded(values, inverse.reshape(-1))
+
+
 def floats(values: Sequence) -> np.ndarray:
     """Numbers (None for missing) -> float64 with NaN for missing."""
     nan = np.nan
     return np.fromiter((nan if v is None else v for v in values), dtype=np.float64, count=len(values))
-
-
-def ints(values: Sequence) -> np.ndarray:
-    """Integers -> int64, with 0 for :data:`BAD` (rows already marked to go to the row parser)."""
-    return np.fromiter((0 if v is BAD else v for v in values), dtype=np.int64, count=len(values))
 
 
 def select(values: Sequence, rows: np.ndarray) -> list:

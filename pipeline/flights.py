@@ -30,8 +30,14 @@ import zipfile
 import numpy as np
 
 from pipeline import features as fx
-from pipeline.airports import load_airports, local_to_utc, utc_to_local_string
-from pipeline.columnar import floats, ints, lookup, required, select, split_csv
+from pipeline.airports import (
+    load_airports,
+    local_to_utc,
+    local_to_utc_many,
+    utc_to_local_string,
+    utc_to_local_string_many,
+)
+from pipeline.columnar import BAD, Coded, combine, convert, encode, required, select, split_csv
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
 from pipeline.rows import Exclude, Reject
@@ -244,8 +250,9 @@ def _nearby_days(date: str) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- the block path
 # canonical_flight's record, column by column: one call per distinct value (a chunk repeats its
-# dates, airports, clock times and delays thousands of times) and numpy per column. Any row that
-# fails, or might fail, a check is handed back (None) to canonical_flight, which gives the reason.
+# dates, airports, clock times and delays thousands of times), numpy per column, and local times by
+# (day, zone) (see airports.local_to_utc_many). Any row that fails, or might fail, a check is left
+# to canonical_flight, which gives the reason.
 _KEYS = (
     "fl_date", "flight_number", "carrier", "origin", "dest", "dep_delay", "taxi_out", "distance", "dep_lat",
     "dep_lon", "arr_lat", "arr_lon", "dep_time_local", "arr_delay", LABEL_KEY, "dep_ts", "wheels_off_ts",
@@ -284,13 +291,6 @@ def _place(field: str, airports: dict):
     return convert
 
 
-def _local_to_utc(key: tuple) -> int:
-    day, minutes, tz = key
-    if day.startswith("!"):  # a day out of range: canonical_flight fails there too
-        raise OverflowError(day[1:])
-    return local_to_utc(day, minutes, tz)
-
-
 def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.ndarray, labelled: bool = True):
     """The records :func:`canonical_flight` gives for the rows it vouches for, as columns, and those
     rows' indices; the others (``ok`` False, updated in place) are the row parser's.
@@ -298,107 +298,91 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.
     ``columns`` maps each raw column read to its ``n`` texts; ``ok`` is False for rows already
     known to need the row parser.
     """
-    col = columns.__getitem__
+    raw = {name: encode(texts) for name, texts in columns.items()}
+
+    def field(name: str) -> Coded:
+        return raw[cols[name]]
+
     for flag in ("cancelled", "diverted"):
         if flag in cols:
-            lookup(col(cols[flag]), _not_flagged(flag), ok)
-    dep_delay = lookup(col(cols["dep_delay"]), _number("dep_delay"), ok)
-    arr_delay = lookup(col(cols["arr_delay"]), _number("arr_delay"), ok)  # a missing one: the row parser decides
+            convert(field(flag), _not_flagged(flag), ok)
+    dep_delay = convert(field("dep_delay"), _number("dep_delay"), ok)
+    arr_delay = convert(field("arr_delay"), _number("arr_delay"), ok)  # a missing one: the row parser decides
     if "fl_date" in cols:
-        fl_date = lookup(col(cols["fl_date"]), lambda t: _fl_date(t.strip()), ok)
+        fl_date = convert(field("fl_date"), lambda t: _fl_date(t.strip()), ok)
     else:
-        parts = list(zip(*(col(cols[k]) for k in ("year", "month", "day")), strict=True))
-        fl_date = lookup(parts, lambda p: _date_from_parts(*(x.strip() for x in p)), ok)
-    carrier = lookup(col(cols["carrier"]), str.strip, ok)
-    origin = lookup(col(cols["origin"]), _place("origin", airports), ok)
-    dest = lookup(col(cols["dest"]), _place("dest", airports), ok)
-    crs_dep = lookup(col(cols["crs_dep"]), _hhmm("crs_dep_time"), ok)
-    crs_arr = lookup(col(cols["crs_arr"]), _hhmm("crs_arr_time"), ok)
-    dep_clock = lookup(col(cols["dep_time"]), _hhmm("dep_time", missing_ok=True), ok)
-    arr_clock = lookup(col(cols["arr_time"]), _hhmm("arr_time", missing_ok=True), ok)
-    taxi_out = lookup(col(cols["taxi_out"]), _number("taxi_out", False), ok) if "taxi_out" in cols else [None] * n
-    distance = lookup(col(cols["distance"]), _number("distance", False), ok)
-    flight_number = (
-        lookup(col(cols["flight_number"]), lambda t: t.strip() or None, ok) if "flight_number" in cols else [None] * n
-    )
+        parts = combine(*(field(k) for k in ("year", "month", "day")))
+        fl_date = convert(parts, lambda p: _date_from_parts(*(x.strip() for x in p)), ok)
+    carrier = convert(field("carrier"), str.strip, ok)
+    origin = convert(field("origin"), _place("origin", airports), ok)
+    dest = convert(field("dest"), _place("dest", airports), ok)
+    crs_dep = convert(field("crs_dep"), _hhmm("crs_dep_time"), ok)
+    crs_arr = convert(field("crs_arr"), _hhmm("crs_arr_time"), ok)
+    dep_clock = convert(field("dep_time"), _hhmm("dep_time", missing_ok=True), ok)
+    arr_clock = convert(field("arr_time"), _hhmm("arr_time", missing_ok=True), ok)
+    none = Coded([None], np.zeros(n, dtype=np.int64))
+    taxi_out = convert(field("taxi_out"), _number("taxi_out", False), ok) if "taxi_out" in cols else none
+    distance = convert(field("distance"), _number("distance", False), ok)
+    flight_number = convert(field("flight_number"), lambda t: t.strip() or None, ok) if "flight_number" in cols else none
 
-    rows = np.flatnonzero(ok)
-    if not len(rows):
-        return {k: [] for k in _KEYS}, []
-    m = len(rows)
-    good = np.ones(m, dtype=bool)
-    dd = np.array(select(dep_delay, rows), dtype=np.float64)
-    ad = np.array(select(arr_delay, rows), dtype=np.float64)
-    cd = np.array(select(crs_dep, rows), dtype=np.int64)
-    ca = np.array(select(crs_arr, rows), dtype=np.int64)
-    for clock, scheduled, delay in ((dep_clock, cd, dd), (arr_clock, ca, ad)):
-        reported = select(clock, rows)
-        present = np.fromiter((v is not None for v in reported), dtype=bool, count=m)
-        minutes = np.fromiter((v or 0 for v in reported), dtype=np.int64, count=m)
-        with np.errstate(invalid="ignore"):  # an absurd delay: the schema check sends the row back anyway
-            expected = scheduled + np.trunc(delay).astype(np.int64)
-        good &= ~present | ((minutes - expected) % _MINUTES_PER_DAY == 0)
+    with np.errstate(invalid="ignore"):  # rows already failed hold placeholders; they are never used
+        dd = dep_delay.array(np.float64, np.nan)
+        ad = arr_delay.array(np.float64, np.nan)
+        for clock, scheduled, delay in ((dep_clock, crs_dep, dd), (arr_clock, crs_arr, ad)):
+            expected = scheduled.array(np.int64, 0) + np.trunc(np.nan_to_num(delay)).astype(np.int64)
+            ok &= ~clock.present() | ((clock.array(np.int64, 0) - expected) % _MINUTES_PER_DAY == 0)
+        place = lambda a: ("", 0.0, 0.0, "UTC") if a is BAD else a  # noqa: E731
+        dep_tz, arr_tz = origin.map(lambda a: place(a)[3]), dest.map(lambda a: place(a)[3])
+        crs_dep_ts = local_to_utc_many(fl_date, crs_dep.array(np.int64, 0), dep_tz, ok)
+        # The scheduled arrival: the first local crs_arr on flight date - 1 .. + 2 after the scheduled departure.
+        days = convert(fl_date, _nearby_days, ok)
+        arr_base = np.zeros(n, dtype=np.int64)
+        found = np.zeros(n, dtype=bool)
+        arr_minutes = crs_arr.array(np.int64, 0)
+        for k in range(4):
+            todo = np.flatnonzero(ok & ~found)
+            if not len(todo):
+                break
+            day = days.map(lambda d, k=k: "!" if d is BAD else d[k]).subset(todo)
+            reached = np.ones(len(todo), dtype=bool)
+            candidate = local_to_utc_many(day, arr_minutes[todo], arr_tz.subset(todo), reached)
+            ok[todo[~reached]] = False  # canonical_flight fails on a day it reaches that is out of range
+            hit = todo[reached & (candidate > crs_dep_ts[todo])]
+            arr_base[hit] = candidate[reached & (candidate > crs_dep_ts[todo])]
+            found[hit] = True
+        ok &= found
 
-    fd, org, dst = select(fl_date, rows), select(origin, rows), select(dest, rows)
-    dep_tz, arr_tz = [a[3] for a in org], [a[3] for a in dst]
-    crs_dep_ts = ints(lookup(list(zip(fd, cd.tolist(), dep_tz, strict=True)), _local_to_utc, good))
-    # The scheduled arrival: the first local crs_arr on flight date - 1 .. + 2 after the scheduled departure.
-    days = lookup(fd, _nearby_days, good)
-    arr_base = np.zeros(m, dtype=np.int64)
-    found = np.zeros(m, dtype=bool)
-    ca_list = ca.tolist()
-    for k in range(4):
-        todo = np.flatnonzero(good & ~found)
-        if not len(todo):
-            break
-        todo_list = todo.tolist()
-        done = np.ones(len(todo), dtype=bool)
-        keys = [(days[i][k], ca_list[i], arr_tz[i]) for i in todo_list]
-        candidate = ints(lookup(keys, _local_to_utc, done))
-        good[todo[~done]] = False
-        hit = done & (candidate > crs_dep_ts[todo])
-        arr_base[todo[hit]] = candidate[hit]
-        found[todo[hit]] = True
-    good &= found
-
-    with np.errstate(invalid="ignore"):
-        dep_ts = crs_dep_ts + np.round(dd * 60).astype(np.int64)
-        arr_ts = arr_base + np.round(ad * 60).astype(np.int64)
-        taxi = floats(select(taxi_out, rows))
+        dep_ts = crs_dep_ts + np.round(np.nan_to_num(dd) * 60).astype(np.int64)
+        arr_ts = arr_base + np.round(np.nan_to_num(ad) * 60).astype(np.int64)
+        taxi = taxi_out.array(np.float64, np.nan)
         has_taxi = ~np.isnan(taxi)
         wheels_off = dep_ts + np.round(np.where(has_taxi, taxi, 0.0) * 60).astype(np.int64)
     pred_ts = np.where(has_taxi, wheels_off, dep_ts)
-    dep_local = lookup(list(zip(dep_ts.tolist(), dep_tz, strict=True)), lambda k: utc_to_local_string(*k), good)
-    label = (ad < ONTIME_THRESHOLD_MINUTES).astype(np.int64)
-    dist = select(distance, rows)
-    columns = {
-        "fl_date": fd, "flight_number": select(flight_number, rows), "carrier": select(carrier, rows),
-        "origin": [a[0] for a in org], "dest": [a[0] for a in dst], "dep_delay": dd, "taxi_out": taxi,
-        "distance": floats(dist), "dep_lat": [a[1] for a in org], "dep_lon": [a[2] for a in org],
-        "arr_lat": [a[1] for a in dst], "arr_lon": [a[2] for a in dst], "dep_time_local": dep_local,
-        "arr_delay": ad, LABEL_KEY: label, "dep_ts": dep_ts, "wheels_off_ts": np.where(has_taxi, wheels_off, np.nan),
-        "arr_ts": arr_ts, "pred_ts": pred_ts,
-    }
-    for name in ("avg_dep_delay", "avg_arr_delay", "avg_taxi_out"):
-        columns[name] = [None] * m
-    good &= ~SCHEMA.failing_rows(columns, m, labelled)
+    dep_local = utc_to_local_string_many(dep_ts, dep_tz, ok)
 
-    keep = np.flatnonzero(good)
-    wheels = [w if h else None for w, h in zip(wheels_off.tolist(), has_taxi.tolist(), strict=True)]
+    rows = np.flatnonzero(ok)
+    m = len(rows)
+    org, dst = origin.rows(rows), dest.rows(rows)
     values = {
-        "fl_date": columns["fl_date"], "flight_number": columns["flight_number"], "carrier": columns["carrier"],
-        "origin": columns["origin"], "dest": columns["dest"], "dep_delay": dd.tolist(),
-        "taxi_out": select(taxi_out, rows), "distance": dist, "dep_lat": columns["dep_lat"],
-        "dep_lon": columns["dep_lon"], "arr_lat": columns["arr_lat"], "arr_lon": columns["arr_lon"],
-        "dep_time_local": dep_local, "arr_delay": ad.tolist(), LABEL_KEY: label.tolist(), "dep_ts": dep_ts.tolist(),
-        "wheels_off_ts": wheels, "arr_ts": arr_ts.tolist(), "pred_ts": pred_ts.tolist(),
+        "fl_date": fl_date.rows(rows), "flight_number": flight_number.rows(rows), "carrier": carrier.rows(rows),
+        "origin": [a[0] for a in org], "dest": [a[0] for a in dst], "dep_delay": dep_delay.rows(rows),
+        "taxi_out": taxi_out.rows(rows), "distance": distance.rows(rows), "dep_lat": [a[1] for a in org],
+        "dep_lon": [a[2] for a in org], "arr_lat": [a[1] for a in dst], "arr_lon": [a[2] for a in dst],
+        "dep_time_local": select(dep_local, rows), "arr_delay": arr_delay.rows(rows),
+        LABEL_KEY: (ad[rows] < ONTIME_THRESHOLD_MINUTES).astype(np.int64).tolist(), "dep_ts": dep_ts[rows].tolist(),
+        "wheels_off_ts": [w if h else None for w, h in zip(wheels_off[rows].tolist(), has_taxi[rows].tolist(), strict=True)],
+        "arr_ts": arr_ts[rows].tolist(), "pred_ts": pred_ts[rows].tolist(),
+        "avg_dep_delay": [None] * m, "avg_arr_delay": [None] * m, "avg_taxi_out": [None] * m,
     }
-    if len(keep) < m:
+    numeric = {"dep_delay": dd[rows], "arr_delay": ad[rows], "taxi_out": taxi[rows], "dep_ts": dep_ts[rows],
+               "arr_ts": arr_ts[rows], "pred_ts": pred_ts[rows]}
+    good = ~SCHEMA.failing_rows({**values, **numeric}, m, labelled)
+    if not good.all():
+        ok[rows[~good]] = False
+        keep = np.flatnonzero(good)
         values = {k: select(v, keep) for k, v in values.items()}
-    for name in ("avg_dep_delay", "avg_arr_delay", "avg_taxi_out"):
-        values[name] = [None] * len(keep)
-    ok[rows[~good]] = False
-    return {k: values[k] for k in _KEYS}, rows[keep].tolist()
+        rows = rows[keep]
+    return {k: values[k] for k in _KEYS}, rows.tolist()
 
 
 # ---------------------------------------------------------------- layouts

@@ -186,3 +186,45 @@ def test_parse_chunks_gives_what_parse_rows_gives_row_by_row(tmp_path):
     assert sorted(got_dead, key=str) == sorted(want_dead, key=str)
     assert {tag for tag, _ in got_dead} == {REJECTED, EXCLUDED}
     assert chunk._blocks[str(path)] is not None  # the block path was there to take the good rows
+
+
+ZONES = ["America/New_York", "America/Los_Angeles", "America/Havana", "America/Santiago", "Australia/Lord_Howe",
+         "Pacific/Honolulu", "-0500", "+0930"]
+DAYS = ["2015-03-07", "2015-03-08", "2015-03-09", "2015-11-01", "2015-04-05", "2015-10-04", "2015-03-15",
+        "2015-08-09", "2015-09-06", "2016-05-15", "0001-01-01", "9999-12-31"]
+
+
+def test_many_at_once_time_conversions_equal_the_one_by_one_ones_on_daylight_saving_days():
+    """Days of spring-forward and fall-back in zones that change at 02:00, at midnight (Havana, Santiago)
+    and by half an hour (Lord Howe), fixed offsets and the first and last days there are, every 10
+    minutes: the vectorised conversions give what local_to_utc and utc_to_local_string give."""
+    import numpy as np
+
+    from pipeline.airports import local_to_utc, local_to_utc_many, utc_to_local_string, utc_to_local_string_many
+    from pipeline.columnar import encode
+
+    rows = [(d, m, z) for d in DAYS for z in ZONES for m in range(0, 1441, 10)]
+    days, minutes, zones = encode([r[0] for r in rows]), np.array([r[1] for r in rows]), encode([r[2] for r in rows])
+    ok = np.ones(len(rows), dtype=bool)
+    got = local_to_utc_many(days, minutes, zones, ok)
+    for i, (d, m, z) in enumerate(rows):
+        try:
+            want = local_to_utc(d, m, z)
+        except (OverflowError, ValueError):
+            assert not ok[i], rows[i]
+            continue
+        assert ok[i] and got[i] == want, (rows[i], got[i], want)
+    assert ok.sum() > 0.8 * len(rows)
+
+    ts = got[ok]
+    zone_codes = zones.subset(np.flatnonzero(ok))
+    ok2 = np.ones(len(ts), dtype=bool)
+    text = utc_to_local_string_many(ts, zone_codes, ok2)
+    for i, t in enumerate(ts.tolist()):
+        zone = zone_codes.values[zone_codes.codes[i]]
+        try:
+            want = utc_to_local_string(t, zone)
+        except (OverflowError, ValueError, OSError):
+            assert not ok2[i]
+            continue
+        assert ok2[i] and text[i] == want, (t, zone, text[i], want)
