@@ -36,12 +36,13 @@ def _stage(step: str) -> str:
 
 
 def _rows(element) -> list:
-    """Records travel in lists since the chunked pipeline, one by one in older trees (bench.ab runs both)."""
-    return element if isinstance(element, list) else [element]
+    """Records travel in blocks (or lists, in older trees) since the chunked pipeline, one by one
+    before it (bench.ab runs both)."""
+    return [element] if isinstance(element, dict) else list(element)
 
 
 def _size(element) -> int:
-    return len(element) if isinstance(element, list) else 1
+    return 1 if isinstance(element, dict) else len(element)
 
 
 def main(argv=None) -> int:

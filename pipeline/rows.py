@@ -26,18 +26,6 @@ SOURCE = "_source"  # internal record fields: where the row came from and its or
 LINE = "_line"
 
 
-class Records(list):
-    """A list of records (or of columnar blocks) moving between stages as one element.
-
-    A list subclass on purpose: Beam's default coder writes a plain list of dicts field by field in
-    its own format (about 590 bytes and 6 microseconds a flight record, there and back), and hands
-    any other type to pickle, which takes half the bytes and half the time. Every shuffle and stage
-    boundary of a chunked pipeline pays this once per record.
-    """
-
-    __slots__ = ()
-
-
 class Block:
     """Records as columns, moving between stages as one element: ``columns`` maps each field to a
     sequence (list or tuple) of its values, None where missing, all ``n`` long.

@@ -19,10 +19,11 @@ RECORDS = "records"
 class CleanAndWindow(beam.PTransform):
     """Reads the planned raw files -> parsed, validated, de-duplicated records with windowed features.
 
-    Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records`` (lists of
-    records, one per window group), ``rejected`` and ``excluded`` (one dead-letter entry each).
-    Records move in lists from the read to the end: the runner's cost per element is paid per
-    list, not per row. Exact duplicates are removed in the windowing group, where copies meet.
+    Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records``
+    (:class:`~pipeline.rows.Block` s of records, columns), ``rejected`` and ``excluded`` (one
+    dead-letter entry each). Records move in blocks from the parse to the end: the runner's cost
+    per element is paid per block, not per row. Exact duplicates are removed in the windowing
+    group, where copies meet.
     """
 
     def __init__(self, dataset, plan, layouts, window_s: int, labelled: bool = True):

@@ -16,22 +16,25 @@ once, through the group of the key group with the most event times; each other k
 computed from columnar blocks of its events and queries, and its results are sent to where the
 record goes, so no join by id is needed afterwards.
 
-Elements are lists and columnar blocks, never single rows: each chunk of records sends one element
-per (key, bucket) it touches, with numpy arrays of event ids, times and values. The runner's cost
-per element, which dominated a row-by-row graph, is paid per block. Exact copies of a record share
-their fingerprint (``_id``) and their route, so they are de-duplicated in the final group.
+Elements are columnar blocks, never single rows: each block of records sends one element per
+(key, bucket) it touches, with arrays of event ids, times and values. The runner's cost per
+element, which dominated a row-by-row graph, is paid per block. The groups a worker receives are
+computed a batch at a time (numpy's cost per call, not per row, is what small groups spend most
+on), each group's sums from its own values only. Exact copies of a record share their
+fingerprint (``_id``) and their route, so they are de-duplicated in the final group.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
 
 from pipeline.columnar import floats, select
-from pipeline.rows import LINE, REJECTED, SOURCE, Block, Records, as_block, dead_letter
+from pipeline.rows import LINE, REJECTED, SOURCE, Block, as_block, dead_letter
 
 ID = "_id"
 RECORDS = "records"
@@ -63,35 +66,56 @@ class WindowFeature:
         return (self.key, self.event_time, self.query_time)
 
 
-def window_stats(event_t, event_id, event_values, query_t, query_id, window_s):
+def window_stats(event_t, event_id, event_values, query_t, query_id, window_s, event_group=None, query_group=None):
     """Per query: (sums, counts of present values, count of events) over [t - window, t), self excluded.
 
-    event_values is (n_events, n_features) with NaN where a value is missing. Pure numpy; the
-    brute-force reference in the tests checks it.
+    event_values is (n_events, n_features) with NaN where a value is missing. With ``event_group``
+    and ``query_group`` (integers), many groups are computed at once and a query sees only the
+    events of its own group; ids need only be unique within a group. Each sum is added up from its
+    own window's values (not a difference of running totals), so a group's results do not depend
+    on the other groups computed with it. Pure numpy; the brute-force reference in the tests checks it.
     """
     event_t = np.asarray(event_t, dtype=np.int64)
     query_t = np.asarray(query_t, dtype=np.int64)
-    vals = np.asarray(event_values, dtype=np.float64).reshape(len(event_t), -1)
+    event_id, query_id = np.asarray(event_id), np.asarray(query_id)
+    n_e, n_q = len(event_t), len(query_t)
+    vals = np.asarray(event_values, dtype=np.float64).reshape(n_e, -1)
+    width = vals.shape[1]
+    e_g = np.zeros(n_e, dtype=np.int64) if event_group is None else np.asarray(event_group, dtype=np.int64)
+    q_g = np.zeros(n_q, dtype=np.int64) if query_group is None else np.asarray(query_group, dtype=np.int64)
+    if not (n_e and n_q):
+        return np.zeros((n_q, width)), np.zeros((n_q, width), dtype=np.int64), np.zeros(n_q, dtype=np.int64)
+    # One time axis for all groups: group g's times shifted past every earlier group's, windows included.
+    low = min(int(event_t.min()), int(query_t.min()) - window_s)
+    stride = max(int(event_t.max()), int(query_t.max())) - low + 1
+    e_key = e_g * stride + (event_t - low)
+    q_key = q_g * stride + (query_t - low)
     # Ties broken by id: the float sums, and so the features, are the same in every run.
-    order = np.lexsort((np.asarray(event_id), event_t))
-    t_sorted = event_t[order]
+    order = np.lexsort((event_id, e_key))
+    k_sorted = e_key[order]
     vals = vals[order]
     present = ~np.isnan(vals)
-    csum = np.vstack([np.zeros((1, vals.shape[1])), np.cumsum(np.where(present, vals, 0.0), axis=0)])
-    ccount = np.vstack([np.zeros((1, vals.shape[1]), dtype=np.int64), np.cumsum(present, axis=0)])
-    lo = np.searchsorted(t_sorted, query_t - window_s, side="left")
-    hi = np.searchsorted(t_sorted, query_t, side="left")
-    sums = csum[hi] - csum[lo]
+    filled = np.where(present, vals, 0.0)
+    ccount = np.vstack([np.zeros((1, width), dtype=np.int64), np.cumsum(present, axis=0)])
+    lo = np.searchsorted(k_sorted, q_key - window_s, side="left")
+    hi = np.searchsorted(k_sorted, q_key, side="left")
     counts = ccount[hi] - ccount[lo]
     n_events = (hi - lo).astype(np.int64)
+    # Window sums: reduceat over the (lo, hi) pairs; an empty window gives a value, zeroed after.
+    bounds = np.empty(2 * n_q, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = lo, hi
+    sums = np.add.reduceat(np.vstack([filled, np.zeros((1, width))]), bounds, axis=0)[0::2]
+    sums[hi <= lo] = 0.0
     # A record is never its own past: remove its event where it falls inside its own window.
-    if len(query_id) and len(event_id):
-        _, qi, ei = np.intersect1d(np.asarray(query_id), np.asarray(event_id)[order], return_indices=True)
-        inside = (t_sorted[ei] >= query_t[qi] - window_s) & (t_sorted[ei] < query_t[qi])
-        qi, ei = qi[inside], ei[inside]
-        sums[qi] -= np.where(present[ei], vals[ei], 0.0)
-        counts[qi] -= present[ei]
-        n_events[qi] -= 1
+    codes, inverse = np.unique(np.concatenate([query_id, event_id[order]]), return_inverse=True)
+    q_code = q_g * len(codes) + inverse[:n_q]
+    e_code = e_g[order] * len(codes) + inverse[n_q:]
+    _, qi, ei = np.intersect1d(q_code, e_code, return_indices=True)
+    inside = (k_sorted[ei] >= q_key[qi] - window_s) & (k_sorted[ei] < q_key[qi])
+    qi, ei = qi[inside], ei[inside]
+    sums[qi] -= filled[ei]
+    counts[qi] -= present[ei]
+    n_events[qi] -= 1
     return sums, counts, n_events
 
 
@@ -148,6 +172,24 @@ def _routes(block: Block, kg: _KeyGroup, bucket_s: int) -> list:
     ]
 
 
+_CODER = beam.coders.FastPrimitivesCoder()
+
+
+def _pack(blocks: list) -> bytes:
+    """A group's blocks from one chunk, encoded here with the coder the runner would use: a (str,
+    bytes) pair has a coder every runner knows (see WindowChunks.expand)."""
+    return _CODER.encode(blocks)
+
+
+_NO_KEY = "\x00"
+
+
+def _group_key(route: tuple) -> str:
+    """The final group's key as a string (a deterministic coder of its own): repr of (key, bucket),
+    or for a record without a key or query time, a mark and its id."""
+    return _NO_KEY + str(route[1]) if route[0] is None else repr(route)
+
+
 def _by_value(values) -> dict:
     """value -> the indices where it occurs, in order."""
     groups: dict = {}
@@ -175,7 +217,10 @@ def _runs(keys: list, buckets: np.ndarray):
 
 def _present(*columns) -> list[int]:
     """Indices where every column has a value."""
-    return [i for i, values in enumerate(zip(*columns, strict=True)) if None not in values]
+    gaps = [c for c in columns if None in c]  # a scan in C; most columns have no gap at all
+    if not gaps:
+        return list(range(len(columns[0])))
+    return [i for i, values in enumerate(zip(*gaps, strict=True)) if None not in values]
 
 
 def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int, out: dict) -> None:
@@ -203,9 +248,9 @@ def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int
                 out.setdefault(group, []).append((_EVENTS, j, ids[idx].tolist(), te[idx].tobytes(), values[idx].tobytes()))
 
 
-def _compute(kg: _KeyGroup, blocks, q_t, q_id, window_s: int) -> dict[str, list]:
-    """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (ids, times, values)
-    of event-time group j, each id once, or None."""
+def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, list]:
+    """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (ids, times, values,
+    groups) of event-time group j, each (group, id) once, or None; ``q_g`` the queries' groups."""
     q_t = np.asarray(q_t, dtype=np.int64)
     out: dict[str, list] = {}
     for j, (_event_time, feats) in enumerate(kg.groups):
@@ -214,8 +259,8 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, window_s: int) -> dict[str, list]
             counts = np.zeros((len(q_t), len(feats)), dtype=np.int64)
             n_events = np.zeros(len(q_t), dtype=np.int64)
         else:
-            ids, times, values = blocks[j]
-            sums, counts, n_events = window_stats(times, ids, values, q_t, q_id, window_s)
+            ids, times, values, groups = blocks[j]
+            sums, counts, n_events = window_stats(times, ids, values, q_t, q_id, window_s, groups, q_g)
         for k, f in enumerate(feats):
             if f.statistic == "count":
                 out[f.name] = n_events.tolist()
@@ -225,24 +270,63 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, window_s: int) -> dict[str, list]
     return out
 
 
-def _event_blocks(kg: _KeyGroup, parts) -> list:
-    """Per event-time group, its blocks concatenated with each id once (the first): an exact copy of
-    a record sends the same events as its original, which count once."""
+def _event_blocks(kg: _KeyGroup, parts, groups) -> list:
+    """Per event-time group, the event blocks ``parts`` (of the groups ``groups``, one each)
+    concatenated with each (group, id) once, the first: an exact copy of a record sends the same
+    events as its original, which count once."""
     blocks = []
     for j in range(len(kg.groups)):
-        mine = [p for p in parts if p[1] == j]
+        mine = [(p, g) for p, g in zip(parts, groups, strict=True) if p[1] == j]
         if not mine:
             blocks.append(None)
             continue
-        ids = np.array([x for p in mine for x in p[2]])
-        times = np.frombuffer(b"".join(p[3] for p in mine), dtype=np.int64)
-        values = np.frombuffer(b"".join(p[4] for p in mine), dtype=np.float64).reshape(len(ids), -1)
-        _, first = np.unique(ids, return_index=True)
+        ids = np.array([x for p, _ in mine for x in p[2]])
+        times = np.frombuffer(b"".join(p[3] for p, _ in mine), dtype=np.int64)
+        values = np.frombuffer(b"".join(p[4] for p, _ in mine), dtype=np.float64).reshape(len(ids), -1)
+        group = np.repeat(np.array([g for _, g in mine], dtype=np.int64), [len(p[2]) for p, _ in mine])
+        first = _first_of_each(ids, group)
         if len(first) < len(ids):
-            first.sort()
-            ids, times, values = ids[first], times[first], values[first]
-        blocks.append((ids, times, values))
+            ids, times, values, group = ids[first], times[first], values[first], group[first]
+        blocks.append((ids, times, values, group))
     return blocks
+
+
+def _first_of_each(ids: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each (group, id), in order."""
+    codes, inverse = np.unique(ids, return_inverse=True)
+    _, first = np.unique(group * len(codes) + inverse.reshape(-1), return_index=True)
+    first.sort()
+    return first
+
+
+class _Batched(beam.DoFn):
+    """Collects the (key, bucket) groups of a bundle and computes them together, ``batch_rows`` rows
+    at a time: numpy's cost per call, not per row, is what small groups spend most on."""
+
+    batch_rows = 50_000
+
+    def start_bundle(self):
+        self._pending, self._rows = [], 0
+
+    def _add(self, item, rows: int):
+        self._pending.append(item)
+        self._rows += rows
+        if self._rows >= self.batch_rows:
+            yield from self._flush()
+
+    def _flush(self):
+        pending, self._pending, self._rows = self._pending, [], 0
+        if pending:
+            yield from self._compute_batch(pending)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        for out in self._flush():
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value_at_end_of_window(out.value))
+            else:
+                yield GlobalWindows.windowed_value_at_end_of_window(out)
 
 
 class _EmitEventsAndQueries(beam.DoFn):
@@ -266,31 +350,35 @@ class _EmitEventsAndQueries(beam.DoFn):
             for group, sel in _runs(select(keys, rows), tq // self._bucket):
                 out.setdefault(group, []).append((_QUERIES, ids[sel].tolist(), tq[sel].tobytes(), [routes[i] for i in sel]))
         for group, blocks in out.items():
-            yield group, Records(blocks)
+            yield group, _pack(blocks)
 
 
-class _AggregateQueries(beam.DoFn):
+class _AggregateQueries(_Batched):
     def __init__(self, kg: _KeyGroup, window_s: int):
         self._kg, self._window = kg, window_s
 
     def process(self, element):
         _, lists = element
         events, queries = [], []
-        for blocks in lists:
+        for blocks in map(_CODER.decode, lists):
             for block in blocks:
                 (events if block[0] == _EVENTS else queries).append(block)
-        if not queries:
-            return
-        ids = np.array([x for q in queries for x in q[1]])
-        tq = np.frombuffer(b"".join(q[2] for q in queries), dtype=np.int64)
-        routes = [route for q in queries for route in q[3]]
-        _, first = np.unique(ids, return_index=True)  # a copy's query is its original's
-        first.sort()
-        ids, tq, routes = ids[first], tq[first], [routes[i] for i in first]
-        stats = _compute(self._kg, _event_blocks(self._kg, events), tq, ids, self._window)
+        if queries:
+            yield from self._add((events, queries), sum(len(b[2]) for b in events) + sum(len(q[1]) for q in queries))
+
+    def _compute_batch(self, pending):
+        ids = np.array([x for _, queries in pending for q in queries for x in q[1]])
+        tq = np.frombuffer(b"".join(q[2] for _, queries in pending for q in queries), dtype=np.int64)
+        routes = [route for _, queries in pending for q in queries for route in q[3]]
+        q_g = np.repeat(np.arange(len(pending)), [sum(len(q[1]) for q in queries) for _, queries in pending])
+        first = _first_of_each(ids, q_g)  # a copy's query is its original's
+        ids, tq, q_g, routes = ids[first], tq[first], q_g[first], [routes[i] for i in first]
+        parts = [part for events, _ in pending for part in events]
+        groups = [g for g, (events, _) in enumerate(pending) for _ in events]
+        stats = _compute(self._kg, _event_blocks(self._kg, parts, groups), tq, ids, q_g, self._window)
         names, id_list = list(stats), ids.tolist()
         for route, rows in _by_value(routes).items():
-            yield route, Records([(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})])
+            yield _group_key(route), _pack([(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})])
 
 
 class _EmitRecordsAndEvents(beam.DoFn):
@@ -310,7 +398,7 @@ class _EmitRecordsAndEvents(beam.DoFn):
             out[route] = [(_RECORDS, block.take(rows))]
         _emit_events(block, _keys(block, self._kg.key), self._kg, self._window, self._bucket, out)
         for group, blocks in out.items():
-            yield group, Records(blocks)
+            yield _group_key(group), _pack(blocks)
 
 
 def _first_copies(block: Block):
@@ -331,8 +419,8 @@ def _first_copies(block: Block):
     return keep, rejected
 
 
-class _AggregateRecords(beam.DoFn):
-    """One (key, bucket) group -> one block of its records with their window columns.
+class _AggregateRecords(_Batched):
+    """(key, bucket) groups -> blocks of their records with their window columns.
 
     Exact copies of a record (same ``_id``, the fingerprint of its canonical fields) meet here, since
     they share their route: one is kept, the others are rejected as duplicates (``rejected``
@@ -345,10 +433,10 @@ class _AggregateRecords(beam.DoFn):
         self._group_rows = beam.metrics.Metrics.distribution("window", "group_rows")
 
     def process(self, element):
-        (key, _bucket), lists = element
+        group, lists = element
         record_blocks, events, partials = [], [], []
         n_rows = 0
-        for blocks in lists:
+        for blocks in map(_CODER.decode, lists):
             for block in blocks:
                 kind = block[0]
                 if kind == _RECORDS:
@@ -361,16 +449,25 @@ class _AggregateRecords(beam.DoFn):
                     n_rows += len(block[1])
                     partials.append(block)
         self._group_rows.update(n_rows)
-        if not record_blocks:
-            return
-        records = Block.concat(record_blocks)
+        if record_blocks:
+            yield from self._add((not group.startswith(_NO_KEY), record_blocks, events, partials), n_rows)
+
+    def _compute_batch(self, pending):
+        # Records of different groups never share an id (copies share their route), so the batch is
+        # de-duplicated and given its partial results as a whole.
+        blocks = [b for _, record_blocks, _, _ in pending for b in record_blocks]
+        records = Block.concat(blocks)
+        record_group = np.repeat(
+            np.arange(len(pending)), [sum(len(b) for b in record_blocks) for _, record_blocks, _, _ in pending]
+        )
         keep, rejected = _first_copies(records)
         for entry in rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, entry)
         if keep is not None:
-            records = records.take(keep)
+            records, record_group = records.take(keep), record_group[keep]
         records = records.drop(LINE)  # nothing downstream needs the raw text
         updates: dict[str, list] = {}
+        partials = [p for _, _, _, group_partials in pending for p in group_partials]
         if partials:
             index = {rid: i for i, rid in enumerate(records.get(ID))}
             for _, ids, values in partials:
@@ -380,10 +477,27 @@ class _AggregateRecords(beam.DoFn):
                         target = updates[name] = list(records.get(name))
                     for rid, value in zip(ids, column, strict=True):
                         target[index[rid]] = value
-        if key is not None:  # else a record without a query here, alone with its partial results
-            q_id = np.array(records.get(ID))
-            stats = _compute(self._kg, _event_blocks(self._kg, events), records.get(self._kg.query_time), q_id, self._window)
-            updates.update(stats)
+        # Queries: the records of groups with a key (a record without one is alone with its partial results).
+        keyed = np.array([has_key for has_key, _, _, _ in pending], dtype=bool)[record_group]
+        rows = np.flatnonzero(keyed)
+        if len(rows):
+            parts = [part for _, _, events, _ in pending for part in events]
+            groups = [g for g, (_, _, events, _) in enumerate(pending) for _ in events]
+            ids, times = records.get(ID), records.get(self._kg.query_time)
+            stats = _compute(
+                self._kg, _event_blocks(self._kg, parts, groups), select(times, rows), np.array(select(ids, rows)),
+                record_group[rows], self._window,
+            )
+            all_rows = len(rows) == len(records)
+            for name, column in stats.items():
+                if all_rows:
+                    updates[name] = column
+                else:
+                    target = updates.get(name)
+                    if target is None:
+                        target = updates[name] = list(records.get(name))
+                    for i, value in zip(rows.tolist(), column, strict=True):
+                        target[i] = value
         yield records.replace(**updates)
 
 
@@ -412,9 +526,14 @@ class WindowChunks(beam.PTransform):
 
     def expand(self, chunks):
         names = [f.name for f in self._features]
+        # Everything flattened into the final group is (string key, bytes) (see _group_key and
+        # _pack): coders the runner knows, so the Flatten's inputs have the very coder the group
+        # needs; with any other, each input would be decoded and encoded again on its way through.
+        keyed = typing.Tuple[str, bytes]  # noqa: UP006 - Beam's type hints
         to_final = [
             chunks
-            | "EmitRecordsAndEvents" >> beam.ParDo(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket))
+            | "EmitRecordsAndEvents"
+            >> beam.ParDo(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket)).with_output_types(keyed)
         ]
         for kg in self._others:
             to_final.append(
@@ -422,7 +541,7 @@ class WindowChunks(beam.PTransform):
                 | f"EmitEventsAndQueries_{kg.label}"
                 >> beam.ParDo(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket))
                 | f"GroupByKeyAndTimeBucket_{kg.label}" >> beam.GroupByKey()
-                | f"AggregateLookback_{kg.label}" >> beam.ParDo(_AggregateQueries(kg, self._window))
+                | f"AggregateLookback_{kg.label}" >> beam.ParDo(_AggregateQueries(kg, self._window)).with_output_types(keyed)
             )
         grouped = to_final | "FlattenRecordsAndResults" >> beam.Flatten() if len(to_final) > 1 else to_final[0]
         return (
