@@ -285,9 +285,29 @@ def fingerprint(record: Mapping[str, Any], columns) -> str:
 
 
 def fingerprints(block: Block, columns) -> list[str]:
-    """:func:`fingerprint` of every record of ``block``."""
+    """:func:`fingerprint` of every record of ``block``: the same text, built from each column's
+    values written once per distinct value (a block repeats its dates, airports and delays)."""
     blake2b = hashlib.blake2b
+    if len(columns) < 2:
+        return [fingerprint(record, columns) for record in block]
+    texts = [_reprs(block.get(c)) for c in columns]
     return [
-        blake2b(repr(values).encode("utf-8"), digest_size=12).hexdigest()
-        for values in zip(*(block.get(c) for c in columns), strict=True)
+        blake2b(f"({', '.join(parts)})".encode(), digest_size=12).hexdigest()  # repr of a tuple of 2 or more
+        for parts in zip(*texts, strict=True)
     ]
+
+
+_ONE_REPR = {str, type(None), int}  # types where equal values have equal reprs (True == 1, so not bool)
+
+
+def _reprs(values) -> list[str]:
+    """repr of each value, computed once per distinct value where that is exact."""
+    types = set(map(type, values))
+    if types <= _ONE_REPR and len(types - {type(None)}) <= 1:
+        pass
+    elif types <= {float, type(None)} and 0.0 not in values:  # 0.0 == -0.0, whose reprs differ
+        pass
+    else:
+        return list(map(repr, values))
+    table = {v: repr(v) for v in set(values)}
+    return list(map(table.__getitem__, values))

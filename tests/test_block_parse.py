@@ -228,3 +228,24 @@ def test_many_at_once_time_conversions_equal_the_one_by_one_ones_on_daylight_sav
             assert not ok2[i]
             continue
         assert ok2[i] and text[i] == want, (t, zone, text[i], want)
+
+
+def test_fingerprints_of_a_block_equal_each_records_fingerprint():
+    """The block's ids are built from each column's distinct values: exactly the text of the row by
+    row fingerprint, also where equal values have different reprs (0.0 and -0.0, 1 and 1.0 and True)."""
+    from pipeline.rows import fingerprint, fingerprints
+
+    columns = ["s", "f", "i", "mixed", "none"]
+    records = [
+        {"s": "JFK", "f": 0.0, "i": 1, "mixed": 1, "none": None},
+        {"s": "None", "f": -0.0, "i": 1, "mixed": 1.0, "none": None},
+        {"s": None, "f": 1.5, "i": None, "mixed": True, "none": None},
+        {"s": "JFK", "f": None, "i": 2, "mixed": "1", "none": None},
+        {"s": "'quoted'", "f": 1e-300, "i": -3, "mixed": None, "none": None},
+    ]
+    block = Block.from_records(records)
+    ids = fingerprints(block, columns)
+    assert ids == [fingerprint(r, columns) for r in records]
+    assert len(set(ids)) == len(records)
+    floats_only = Block.from_records([{"f": 2.5, "g": 1.0}, {"f": 2.5, "g": 1.0}, {"f": -2.5, "g": None}])
+    assert fingerprints(floats_only, ["f", "g"]) == [fingerprint(r, ["f", "g"]) for r in floats_only]

@@ -95,6 +95,46 @@ def test_exact_copies_are_kept_once_where_they_meet_in_the_window_group():
                     equal_to([("dedupe", "record: duplicate of a row in a.csv", "b.csv", "x")]), label="Duplicates")
 
 
+# ------------------------------------------------------------------ record blocks
+def test_blocks_keep_every_value_through_take_slice_concat_and_rebatch():
+    """Records as columns: a field some records lack is None there (missing, never zero), rows come
+    back in the order asked for, and re-batching neither drops nor repeats a row."""
+    from pipeline.arrow import Rebatch
+    from pipeline.rows import Block, as_block
+
+    a = as_block([{"x": 1, "y": "a"}, {"x": 2}, {"x": 3, "y": "c", "z": 0.0}])
+    assert a.n == 3 and list(a.columns) == ["x", "y", "z"]
+    assert list(a) == [{"x": 1, "y": "a", "z": None}, {"x": 2, "y": None, "z": None}, {"x": 3, "y": "c", "z": 0.0}]
+    assert list(a.take([2, 0])) == [{"x": 3, "y": "c", "z": 0.0}, {"x": 1, "y": "a", "z": None}]
+    assert list(a.take([1])) == [{"x": 2, "y": None, "z": None}] and a.take([]).n == 0
+    assert [r["x"] for r in a.slice(1, 10)] == [2, 3]
+    b = Block({"x": [4, 5], "w": ["p", "q"]}, 2)
+    both = Block.concat([a, Block({}, 0), b])
+    assert [(r["x"], r["y"], r["w"]) for r in both] == [(1, "a", None), (2, None, None), (3, "c", None), (4, None, "p"),
+                                                          (5, None, "q")]
+    assert list(a.replace(x=[7, 8, 9]).get("x")) == [7, 8, 9] and list(a.get("x")) == [1, 2, 3]  # a new block
+    assert "y" not in a.drop("y").columns and a.get("absent") == (None, None, None)
+
+    rebatch = Rebatch(4)
+    rebatch.start_bundle()
+    out = [blk for chunk in (a, b, a, b) for blk in rebatch.process(chunk)]
+    out += [w.value for w in rebatch.finish_bundle()]
+    assert [len(blk) for blk in out] == [4, 4, 2]
+    assert [r["x"] for blk in out for r in blk] == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+
+
+def test_split_keys_per_distinct_value_equal_the_keys_per_record():
+    from pipeline.rows import Block
+    from pipeline.split import unit_keys
+
+    block = Block({"fl_date": ["2015-01-01", "2015-01-02", "2015-01-01"],
+                   "dep_time_local": ["2015-01-01 05:59", "2015-01-02 23:10", "2015-01-01 06:00"]}, 3)
+    for name, unit in flights.SPLIT_UNITS.items():
+        assert unit.field in block.columns, name
+        assert unit_keys(unit, block) == [unit(r) for r in block]
+    assert unit_keys(lambda r: r["fl_date"][:7], block) == ["2015-01"] * 3  # a unit without .field: per record
+
+
 # ------------------------------------------------------------------ split
 def test_split_is_stable_and_near_the_fractions():
     fractions = parse_fractions("60,20,20")
