@@ -82,21 +82,19 @@ class Coded:
             table[i] = value
         return table[self.codes if rows is None else self.codes[rows]].tolist()
 
-    def array(self, dtype, missing, rows: np.ndarray | None = None) -> np.ndarray:
+    def array(self, dtype, missing) -> np.ndarray:
         """The per-row values as a numpy array, ``missing`` where a value is None or :data:`BAD`."""
         table = np.array([missing if v is None or v is BAD else v for v in self.values], dtype=dtype)
-        return table[self.codes if rows is None else self.codes[rows]]
+        return table[self.codes]
 
-    def present(self, rows: np.ndarray | None = None) -> np.ndarray:
+    def present(self) -> np.ndarray:
+        """Per row: whether its value is there (neither None nor :data:`BAD`)."""
         table = np.array([v is not None and v is not BAD for v in self.values], dtype=bool)
-        return table[self.codes if rows is None else self.codes[rows]]
+        return table[self.codes]
 
 
-def encode(values) -> Coded:
-    """Texts (a sequence of str) or a numpy array -> :class:`Coded`."""
-    if isinstance(values, np.ndarray):
-        distinct, codes = np.unique(values, return_inverse=True)
-        return Coded(distinct.tolist(), codes.reshape(-1))
+def encode(values: Sequence[str]) -> Coded:
+    """Texts -> :class:`Coded` (dictionary-encoded by pyarrow)."""
     encoded = pa.array(values, type=pa.string()).dictionary_encode()
     return Coded(encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
 

@@ -113,11 +113,6 @@ def dead_letter(stage: str, reason: str, source: str, line: str) -> dict:
     return {"stage": stage, "reason": reason, "source": source, "record": line}
 
 
-def from_record(stage: str, reason: str, record: Mapping[str, Any]) -> dict:
-    """Dead-letter entry for a row that was already parsed: keeps its original text."""
-    return dead_letter(stage, reason, record.get(SOURCE, ""), record.get(LINE, ""))
-
-
 def reason_key(reason: str) -> str:
     """The countable part of a reason: up to the first ':' after the field, values stripped."""
     head, sep, tail = reason.partition(": ")
