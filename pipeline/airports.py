@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from pipeline.columnar import Coded, combine
+
 logger = logging.getLogger(__name__)
 
 Airport = tuple  # (lat, lon, tz): tz is an IANA name or a fixed offset "+HHMM"/"-HHMM"
@@ -100,43 +102,34 @@ def utc_to_local_string(ts: int, tz: str) -> str:
 
 
 # ---------------------------------------------------------------- many at once (the block parsers)
-def _pairs(a_codes: np.ndarray, b_codes: np.ndarray, b_size: int):
-    """Distinct (a, b) code pairs of two coded columns: (list of pairs, per-row index into it)."""
-    b_size = max(b_size, 1)
-    distinct, inverse = np.unique(a_codes.astype(np.int64) * b_size + b_codes, return_inverse=True)
-    return list(zip((distinct // b_size).tolist(), (distinct % b_size).tolist(), strict=True)), inverse.reshape(-1)
-
-
-def local_to_utc_many(days, minutes: np.ndarray, zones, ok: np.ndarray) -> np.ndarray:
-    """:func:`local_to_utc` of every row: ``days`` and ``zones`` are coded columns (``.values``
-    distinct values, ``.codes`` per row), ``minutes`` an int array.
+def local_to_utc_many(days: Coded, minutes: np.ndarray, zones: Coded, ok: np.ndarray) -> np.ndarray:
+    """:func:`local_to_utc` of every row: ``days`` and ``zones`` are coded columns, ``minutes`` an int array.
 
     A (day, zone) without a UTC offset change from its 00:00 to the next day's takes 00:00's time
     plus the minutes; a day with a change (daylight saving) takes :func:`local_to_utc` row by row.
     Rows whose conversion fails are marked False in ``ok`` (in place) and get 0.
     """
-    pairs, inverse = _pairs(days.codes, zones.codes, len(zones.values))
-    start = np.zeros(len(pairs), dtype=np.int64)
-    uniform = np.zeros(len(pairs), dtype=bool)
-    for j, (d, z) in enumerate(pairs):
-        day, tz = days.values[d], zones.values[z]
+    pairs = combine(days, zones)
+    start = np.zeros(len(pairs.values), dtype=np.int64)
+    uniform = np.zeros(len(pairs.values), dtype=bool)
+    for j, (day, tz) in enumerate(pairs.values):
         try:
             start[j] = local_to_utc(day, 0, tz)
             uniform[j] = local_to_utc(day, 1440, tz) - start[j] == 86400
         except Exception:  # noqa: BLE001 - e.g. the first or last day there is: row by row below
             pass
-    ts = start[inverse] + minutes * 60
-    for i in np.flatnonzero(~uniform[inverse]).tolist():
-        d, z = pairs[inverse[i]]
+    ts = start[pairs.codes] + minutes * 60
+    for i in np.flatnonzero(~uniform[pairs.codes]).tolist():
+        day, tz = pairs.values[pairs.codes[i]]
         try:
-            ts[i] = local_to_utc(days.values[d], int(minutes[i]), zones.values[z])
+            ts[i] = local_to_utc(day, int(minutes[i]), tz)
         except Exception:  # noqa: BLE001 - local_to_utc fails the same way row by row
             ts[i] = 0
             ok[i] = False
     return ts
 
 
-def utc_to_local_string_many(ts: np.ndarray, zones, ok: np.ndarray) -> list:
+def utc_to_local_string_many(ts: np.ndarray, zones: Coded, ok: np.ndarray) -> list:
     """:func:`utc_to_local_string` of every row: ``ts`` an int array, ``zones`` a coded column.
 
     A (UTC day, zone) with one UTC offset all day shifts by it and formats the local day once and
@@ -144,25 +137,24 @@ def utc_to_local_string_many(ts: np.ndarray, zones, ok: np.ndarray) -> list:
     conversion fails are marked False in ``ok`` (in place) and get None.
     """
     utc_days, day_codes = np.unique(ts // 86400, return_inverse=True)
-    utc_days = utc_days.tolist()
-    pairs, inverse = _pairs(day_codes.reshape(-1), zones.codes, len(zones.values))
-    offset = np.zeros(len(pairs), dtype=np.int64)
-    uniform = np.zeros(len(pairs), dtype=bool)
-    for j, (d, z) in enumerate(pairs):
-        first, zone = utc_days[d] * 86400, _zone(zones.values[z])
+    pairs = combine(Coded(utc_days.tolist(), day_codes.reshape(-1)), zones)
+    offset = np.zeros(len(pairs.values), dtype=np.int64)
+    uniform = np.zeros(len(pairs.values), dtype=bool)
+    for j, (day, tz) in enumerate(pairs.values):
+        zone = _zone(tz)
         try:
-            a = dt.datetime.fromtimestamp(first, zone).utcoffset()
-            b = dt.datetime.fromtimestamp(first + 86399, zone).utcoffset()
+            a = dt.datetime.fromtimestamp(day * 86400, zone).utcoffset()
+            b = dt.datetime.fromtimestamp(day * 86400 + 86399, zone).utcoffset()
         except Exception:  # noqa: BLE001 - out of range: row by row below, which fails the same way
             continue
         if a == b:
             offset[j], uniform[j] = int(a.total_seconds()), True
-    local_day, second = np.divmod(ts + offset[inverse], 86400)
+    local_day, second = np.divmod(ts + offset[pairs.codes], 86400)
     days, day_inverse = np.unique(local_day, return_inverse=True)
     day_text = np.array([_day_string(d) for d in days.tolist()], dtype=object)
     out = (day_text[day_inverse.reshape(-1)] + _CLOCKS[second // 60]).tolist()
     out_of_range = np.array([not t for t in day_text.tolist()], dtype=bool)[day_inverse.reshape(-1)]
-    for i in np.flatnonzero(~uniform[inverse] | out_of_range).tolist():
+    for i in np.flatnonzero(~uniform[pairs.codes] | out_of_range).tolist():
         try:
             out[i] = utc_to_local_string(int(ts[i]), zones.values[zones.codes[i]])
         except Exception:  # noqa: BLE001

@@ -249,3 +249,39 @@ def test_fingerprints_of_a_block_equal_each_records_fingerprint():
     assert len(set(ids)) == len(records)
     floats_only = Block.from_records([{"f": 2.5, "g": 1.0}, {"f": 2.5, "g": 1.0}, {"f": -2.5, "g": None}])
     assert fingerprints(floats_only, ["f", "g"]) == [fingerprint(r, ["f", "g"]) for r in floats_only]
+
+
+def test_a_failing_block_parser_loses_no_row(tmp_path, caplog):
+    """Should the block parser itself fail on a chunk, the row parser takes the whole chunk: the same
+    records and dead letters, and the failure in the log."""
+    path = tmp_path / "b.csv"
+    plan = [InputFile(str(path), "bts", BTS_HEADER, 1)]
+    lines = [bts_row().encode(), bts_row(FL_NUM="2", DEST="QQQ").encode(), bts_row(FL_NUM="3").encode()]
+
+    class Broken:
+        def __init__(self):
+            self._factory = parser_factory(plan, LAYOUTS)
+
+        def __call__(self, source):
+            return self._factory(source)
+
+        def block(self, source):
+            def fail(texts):
+                raise RuntimeError("a bug in the block path")
+
+            return fail
+
+    def run(make_parser):
+        records, dead = [], []
+        for out in ParseChunks(make_parser, SCHEMA).process((str(path), lines)):
+            if isinstance(out, Block):
+                records.extend(out)
+            else:
+                dead.append(out.value["reason"])
+        return sorted(records, key=lambda r: r["flight_number"]), dead
+
+    broken = run(Broken())
+    assert [r["flight_number"] for r in broken[0]] == ["1", "3"]
+    assert broken[1] == ["dest: unknown airport 'QQQ'"]
+    assert broken == run(parser_factory(plan, LAYOUTS))
+    assert "block parser failed" in caplog.text
