@@ -37,7 +37,7 @@ class Layout:
     # Optional: ``make_block_parser(header)`` returns a function taking a chunk of decoded lines and
     # giving (columns, indices): the records ``make_parser`` would give for the lines at those
     # indices, as columns; the other lines are the row parser's (see pipeline.columnar).
-    make_block_parser: Callable[[str], Callable[[list[str]], list]] | None = None
+    make_block_parser: Callable[[str], Callable[[list[str]], tuple[dict, list[int]]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
