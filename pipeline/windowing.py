@@ -34,7 +34,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.columnar import floats, select
-from pipeline.rows import LINE, REJECTED, SOURCE, Block, as_block, dead_letter
+from pipeline.rows import LINE, REJECTED, SOURCE, Block, PackedText, as_block, dead_letter
 
 ID = "_id"
 RECORDS = "records"
@@ -394,20 +394,25 @@ class _EmitRecordsAndEvents(beam.DoFn):
         blank = (None,) * len(block)
         block = block.replace(**dict.fromkeys(self._names, blank))
         out: dict = {}
+        lines = block.columns.get(LINE)
         for route, rows in _by_value(_routes(block, self._kg, self._bucket)).items():
-            out[route] = [(_RECORDS, block.take(rows))]
+            records = block.take(rows)
+            if lines is not None:  # read again only for a record with copies (_first_copies)
+                records = records.replace(**{LINE: PackedText.of(records.columns[LINE])})
+            out[route] = [(_RECORDS, records)]
         _emit_events(block, _keys(block, self._kg.key), self._kg, self._window, self._bucket, out)
         for group, blocks in out.items():
             yield _group_key(group), _pack(blocks)
 
 
-def _first_copies(block: Block):
+def _first_copies(block: Block, line_columns: Sequence[Sequence]):
     """(rows kept, dead letters): of records sharing an id (exact copies), the first by (source,
-    line) is kept, at the place of the first copy; the others are rejected as its duplicates."""
+    line) is kept, at the place of the first copy; the others are rejected as its duplicates.
+    ``line_columns``: the raw lines of the block's rows, in pieces, unpacked only if copies are found."""
     groups = _by_value(block.get(ID))
     if len(groups) == len(block):
         return None, []
-    sources, lines = block.get(SOURCE), block.get(LINE)
+    sources, lines = block.get(SOURCE), [line for column in line_columns for line in column]
     keep, rejected = [], []
     for rows in groups.values():
         if len(rows) > 1:
@@ -456,16 +461,15 @@ class _AggregateRecords(_Batched):
         # Records of different groups never share an id (copies share their route), so the batch is
         # de-duplicated and given its partial results as a whole.
         blocks = [b for _, record_blocks, _, _ in pending for b in record_blocks]
-        records = Block.concat(blocks)
+        records = Block.concat([b.drop(LINE) for b in blocks])  # nothing downstream needs the raw text
         record_group = np.repeat(
             np.arange(len(pending)), [sum(len(b) for b in record_blocks) for _, record_blocks, _, _ in pending]
         )
-        keep, rejected = _first_copies(records)
+        keep, rejected = _first_copies(records, [b.get(LINE) for b in blocks])
         for entry in rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, entry)
         if keep is not None:
             records, record_group = records.take(keep), record_group[keep]
-        records = records.drop(LINE)  # nothing downstream needs the raw text
         updates: dict[str, list] = {}
         partials = [p for _, _, _, group_partials in pending for p in group_partials]
         if partials:

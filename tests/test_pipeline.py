@@ -282,3 +282,41 @@ def test_a_compressed_file_is_one_range_read_in_chunks(tmp_path):
     chunks = [chunk for _, chunk in read_lines(rng, chunk_lines=10)]
     assert [len(c) for c in chunks] == [10, 10, 5]
     assert chunks[2][-1] == b"24\n"
+
+
+def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
+    """The raw lines cross the windowing shuffle as one compressed buffer a block: None, empty,
+    non-ASCII, a quoted newline and NUL come back as they were, through pickling and the runner's
+    coder, through take/slice/concat, and the buffer is only unpacked where a value is read."""
+    import pickle
+
+    from pipeline.rows import Block, PackedText
+    from pipeline.windowing import _CODER
+
+    texts = ["2015,1,1,AA", None, "", 'é,"a\nb",\x00', "x" * 5000]
+    packed = PackedText.of(texts)
+    for copy in (pickle.loads(pickle.dumps(packed)), _CODER.decode(_CODER.encode(packed))):
+        assert copy._values is None and len(copy) == 5  # not unpacked by being moved
+        assert list(copy) == texts and copy[3] == texts[3] and copy[1:3] == [None, ""]
+    assert len(_CODER.encode(PackedText.of(["2015,1,1,AA,100,JFK,LAX,0005"] * 1000))) < 1000  # compressed
+    block = Block({"k": [1, 2, 3, 4, 5], "_line": PackedText.of(texts)}, 5)
+    assert [r["_line"] for r in block.take([3, 0])] == [texts[3], texts[0]]
+    assert list(Block.concat([block.slice(0, 2), block]).get("_line")) == texts[:2] + texts
+    assert PackedText.of([]) == [] and list(PackedText.of([None])) == [None]
+
+
+def test_the_allocator_policy_is_set_for_this_process_and_its_workers(monkeypatch):
+    """glibc's trim threshold: set here, and passed on to worker processes through the environment
+    unless the user chose a value (theirs is kept)."""
+    import os
+    import platform
+
+    from pipeline import memory
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    took = memory.tune_malloc()
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == str(memory.TRIM_THRESHOLD)
+    assert took is (platform.libc_ver()[0] == "glibc")  # elsewhere it changes nothing
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    memory.tune_malloc()
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "1048576"
