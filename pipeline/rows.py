@@ -71,7 +71,7 @@ class Block:
         if not len(rows):
             return Block({k: () for k in self.columns}, 0)
         pick = operator.itemgetter(*rows)
-        return Block({k: pick(v) for k, v in self.columns.items()}, len(rows))
+        return Block({k: v.take(rows) if isinstance(v, HexIds) else pick(v) for k, v in self.columns.items()}, len(rows))
 
     def slice(self, start: int, stop: int) -> Block:
         stop = min(stop, self.n)
@@ -91,7 +91,10 @@ class Block:
         if len(blocks) == 1:
             return blocks[0]
         names = dict.fromkeys(k for b in blocks for k in b.columns)
-        columns = {k: list(itertools.chain.from_iterable(b.get(k) for b in blocks)) for k in names}
+        columns = {}
+        for k in names:
+            parts = [b.get(k) for b in blocks]
+            columns[k] = HexIds.concat(parts) or list(itertools.chain.from_iterable(parts))
         return Block(columns, sum(b.n for b in blocks))
 
 
@@ -152,6 +155,91 @@ class PackedText(Sequence):
 
     def __reduce__(self):
         return PackedText, (self._blob, self._n)
+
+
+class HexIds(Sequence):
+    """A column of ids that are all lowercase hex strings of one even length (the record
+    fingerprints), kept as their bytes: half the size on the wire, one object instead of one a
+    row, and numpy reads them as fixed-width bytes (:meth:`array`) without a string being made.
+    Bytes sort as their hex strings do, so an order by id is the same either way. Reading a value
+    gives the same string back."""
+
+    __slots__ = ("raw", "width", "_values")
+
+    def __init__(self, raw: bytes, width: int, values: list | None = None):
+        self.raw, self.width, self._values = raw, width, values
+
+    @classmethod
+    def of(cls, ids: Sequence) -> HexIds | None:
+        """The ids packed, or None where they are not all lowercase hex of one even length."""
+        if isinstance(ids, HexIds):
+            return ids
+        if not len(ids) or not isinstance(ids[0], str) or not ids[0] or len(ids[0]) % 2:
+            return None
+        try:
+            joined = "".join(ids)
+        except TypeError:  # not all strings
+            return None
+        width = len(ids[0])
+        if not joined.isascii() or joined != joined.lower() or set(map(len, ids)) != {width}:
+            return None
+        try:
+            raw = bytes.fromhex(joined)
+        except ValueError:
+            return None
+        if len(raw) * 2 != len(joined):  # fromhex skips whitespace
+            return None
+        return cls(raw, width // 2)
+
+    @staticmethod
+    def concat(parts: Sequence) -> HexIds | None:
+        """The parts one after the other, if all are HexIds of one width; else None."""
+        if not parts or not all(isinstance(p, HexIds) for p in parts) or len({p.width for p in parts}) != 1:
+            return None
+        return HexIds(b"".join(p.raw for p in parts), parts[0].width)
+
+    def array(self):
+        """The ids as a numpy array of fixed-width bytes (dtype ``S<width>``), sharing the buffer."""
+        import numpy as np
+
+        return np.frombuffer(self.raw, dtype=f"S{self.width}")
+
+    def take(self, rows) -> HexIds:
+        import numpy as np
+
+        return HexIds(self.array()[np.asarray(rows, dtype=np.int64)].tobytes(), self.width)
+
+    def __len__(self) -> int:
+        return len(self.raw) // self.width
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step == 1:
+                return HexIds(self.raw[start * self.width:max(start, stop) * self.width], self.width)
+            return [self[j] for j in range(start, stop, step)]
+        if self._values is not None:
+            return self._values[i]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("HexIds index out of range")
+        return self.raw[i * self.width:(i + 1) * self.width].hex()
+
+    def __iter__(self):
+        if self._values is None:
+            h, w = self.raw.hex(), 2 * self.width
+            self._values = [h[j:j + w] for j in range(0, len(h), w)]
+        return iter(self._values)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None
+
+    def __reduce__(self):
+        return HexIds, (self.raw, self.width)
 
 
 def as_block(records) -> Block:

@@ -34,7 +34,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.columnar import floats, select
-from pipeline.rows import LINE, REJECTED, SOURCE, Block, PackedText, as_block, dead_letter
+from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedText, as_block, dead_letter
 
 ID = "_id"
 RECORDS = "records"
@@ -166,10 +166,55 @@ def _keys(block: Block, key_field) -> Sequence:
 def _routes(block: Block, kg: _KeyGroup, bucket_s: int) -> list:
     """Per record, where it meets the events of its final key group and its partial results: (key,
     bucket), or (None, its id) when its key or query time is missing."""
+    ids = block.get(ID)
     return [
-        (None, rid) if key is None or tq is None else (key, tq // bucket_s)
-        for key, tq, rid in zip(_keys(block, kg.key), block.get(kg.query_time), block.get(ID), strict=True)
+        (None, ids[i]) if key is None or tq is None else (key, tq // bucket_s)
+        for i, (key, tq) in enumerate(zip(_keys(block, kg.key), block.get(kg.query_time), strict=True))
     ]
+
+
+# Ids inside the group elements: fingerprints (lowercase hex) travel as their bytes, (width, raw
+# bytes), and are read as a numpy array of fixed-width bytes; any other ids as a list.
+def _packed_ids(block: Block) -> Block:
+    """The block with its ids as :class:`~pipeline.rows.HexIds` where they are all hex."""
+    ids = block.columns.get(ID)
+    packed = None if ids is None else HexIds.of(ids)
+    return block if packed is None or packed is ids else block.replace(**{ID: packed})
+
+
+def _id_array(ids: Sequence, rows=None) -> np.ndarray:
+    """The ids (at ``rows``) as a numpy array: fixed-width bytes for HexIds."""
+    if isinstance(ids, HexIds):
+        array = ids.array()
+        return array if rows is None else array[np.asarray(rows, dtype=np.int64)]
+    return np.array(list(ids) if rows is None else select(ids, rows))
+
+
+def _wire(ids: np.ndarray):
+    return (ids.dtype.itemsize, ids.tobytes()) if ids.dtype.kind == "S" else ids.tolist()
+
+
+def _wire_len(wire) -> int:
+    return len(wire[1]) // wire[0] if isinstance(wire, tuple) else len(wire)
+
+
+def _hex_list(wire) -> list:
+    width, raw = wire
+    return [raw[i:i + width].hex() for i in range(0, len(raw), width)]
+
+
+def _from_wire(wires: Sequence) -> np.ndarray:
+    """The ids of ``wires`` one after the other, as one numpy array."""
+    if wires and all(isinstance(w, tuple) for w in wires) and len({w[0] for w in wires}) == 1:
+        return np.frombuffer(b"".join(w[1] for w in wires), dtype=f"S{wires[0][0]}")
+    return np.array([x for w in wires for x in (_hex_list(w) if isinstance(w, tuple) else w)])
+
+
+def _comparable(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two id arrays in one representation: bytes of one width where both are, else strings."""
+    if a.dtype.kind == b.dtype.kind == "S" and a.dtype.itemsize == b.dtype.itemsize:
+        return a, b
+    return tuple(np.array(_hex_list((x.dtype.itemsize, x.tobytes()))) if x.dtype.kind == "S" else x for x in (a, b))
 
 
 _CODER = beam.coders.FastPrimitivesCoder()
@@ -237,7 +282,7 @@ def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int
         for k, f in enumerate(feats):
             if f.value is not None:
                 values[:, k] = floats(select(block.get(f.value), rows))
-        ids = np.array(select(ids_all, rows))
+        ids = _id_array(ids_all, rows)
         row_keys = select(keys, rows)
         first, last = te // bucket_s, (te + window_s) // bucket_s
         for offset in range(int((last - first).max()) + 1):
@@ -245,7 +290,7 @@ def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int
             for group, sel in _runs([row_keys[i] for i in reach], first[reach] + offset):
                 idx = reach[sel]
                 # Raw bytes, not arrays: a small numpy array costs more to pickle and unpickle than its buffer.
-                out.setdefault(group, []).append((_EVENTS, j, ids[idx].tolist(), te[idx].tobytes(), values[idx].tobytes()))
+                out.setdefault(group, []).append((_EVENTS, j, _wire(ids[idx]), te[idx].tobytes(), values[idx].tobytes()))
 
 
 def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, list]:
@@ -260,7 +305,8 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, 
             n_events = np.zeros(len(q_t), dtype=np.int64)
         else:
             ids, times, values, groups = blocks[j]
-            sums, counts, n_events = window_stats(times, ids, values, q_t, q_id, window_s, groups, q_g)
+            ids, q_ids = _comparable(ids, q_id)
+            sums, counts, n_events = window_stats(times, ids, values, q_t, q_ids, window_s, groups, q_g)
         for k, f in enumerate(feats):
             if f.statistic == "count":
                 out[f.name] = n_events.tolist()
@@ -280,15 +326,26 @@ def _event_blocks(kg: _KeyGroup, parts, groups) -> list:
         if not mine:
             blocks.append(None)
             continue
-        ids = np.array([x for p, _ in mine for x in p[2]])
+        ids = _from_wire([p[2] for p, _ in mine])
         times = np.frombuffer(b"".join(p[3] for p, _ in mine), dtype=np.int64)
         values = np.frombuffer(b"".join(p[4] for p, _ in mine), dtype=np.float64).reshape(len(ids), -1)
-        group = np.repeat(np.array([g for _, g in mine], dtype=np.int64), [len(p[2]) for p, _ in mine])
+        group = np.repeat(np.array([g for _, g in mine], dtype=np.int64), [_wire_len(p[2]) for p, _ in mine])
         first = _first_of_each(ids, group)
         if len(first) < len(ids):
             ids, times, values, group = ids[first], times[first], values[first], group[first]
         blocks.append((ids, times, values, group))
     return blocks
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each of ``wanted`` is in ``ids`` (unique): a partial result finds its record."""
+    ids, wanted = _comparable(ids, wanted)
+    order = np.argsort(ids, kind="stable")
+    at = order[np.minimum(np.searchsorted(ids[order], wanted), len(ids) - 1)]
+    missing = ids[at] != wanted
+    if missing.any():
+        raise ValueError(f"a partial window result has no record: id {wanted[missing][0]!r}")
+    return at
 
 
 def _first_of_each(ids: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -337,7 +394,7 @@ class _EmitEventsAndQueries(beam.DoFn):
         self._kg, self._final, self._window, self._bucket = kg, final, window_s, bucket_s
 
     def process(self, chunk):
-        block = as_block(chunk)
+        block = _packed_ids(as_block(chunk))
         keys = _keys(block, self._kg.key)
         out: dict = {}
         _emit_events(block, keys, self._kg, self._window, self._bucket, out)
@@ -345,10 +402,10 @@ class _EmitEventsAndQueries(beam.DoFn):
         rows = _present(keys, times)
         if rows:
             tq = np.array(select(times, rows), dtype=np.int64)
-            ids = np.array(select(block.get(ID), rows))
+            ids = _id_array(block.get(ID), rows)
             routes = select(_routes(block, self._final, self._bucket), rows)
             for group, sel in _runs(select(keys, rows), tq // self._bucket):
-                out.setdefault(group, []).append((_QUERIES, ids[sel].tolist(), tq[sel].tobytes(), [routes[i] for i in sel]))
+                out.setdefault(group, []).append((_QUERIES, _wire(ids[sel]), tq[sel].tobytes(), [routes[i] for i in sel]))
         for group, blocks in out.items():
             yield group, _pack(blocks)
 
@@ -364,21 +421,21 @@ class _AggregateQueries(_Batched):
             for block in blocks:
                 (events if block[0] == _EVENTS else queries).append(block)
         if queries:
-            yield from self._add((events, queries), sum(len(b[2]) for b in events) + sum(len(q[1]) for q in queries))
+            yield from self._add((events, queries), sum(_wire_len(b[2]) for b in events) + sum(_wire_len(q[1]) for q in queries))
 
     def _compute_batch(self, pending):
-        ids = np.array([x for _, queries in pending for q in queries for x in q[1]])
+        ids = _from_wire([q[1] for _, queries in pending for q in queries])
         tq = np.frombuffer(b"".join(q[2] for _, queries in pending for q in queries), dtype=np.int64)
         routes = [route for _, queries in pending for q in queries for route in q[3]]
-        q_g = np.repeat(np.arange(len(pending)), [sum(len(q[1]) for q in queries) for _, queries in pending])
+        q_g = np.repeat(np.arange(len(pending)), [sum(_wire_len(q[1]) for q in queries) for _, queries in pending])
         first = _first_of_each(ids, q_g)  # a copy's query is its original's
         ids, tq, q_g, routes = ids[first], tq[first], q_g[first], [routes[i] for i in first]
         parts = [part for events, _ in pending for part in events]
         groups = [g for g, (events, _) in enumerate(pending) for _ in events]
         stats = _compute(self._kg, _event_blocks(self._kg, parts, groups), tq, ids, q_g, self._window)
-        names, id_list = list(stats), ids.tolist()
+        names = list(stats)
         for route, rows in _by_value(routes).items():
-            yield _group_key(route), _pack([(_PARTIALS, [id_list[i] for i in rows], {n: [stats[n][i] for i in rows] for n in names})])
+            yield _group_key(route), _pack([(_PARTIALS, _wire(ids[rows]), {n: [stats[n][i] for i in rows] for n in names})])
 
 
 class _EmitRecordsAndEvents(beam.DoFn):
@@ -390,7 +447,7 @@ class _EmitRecordsAndEvents(beam.DoFn):
         self._kg, self._names, self._window, self._bucket = kg, tuple(names), window_s, bucket_s
 
     def process(self, chunk):
-        block = as_block(chunk)
+        block = _packed_ids(as_block(chunk))
         blank = (None,) * len(block)
         block = block.replace(**dict.fromkeys(self._names, blank))
         out: dict = {}
@@ -409,9 +466,10 @@ def _first_copies(block: Block, line_columns: Sequence[Sequence]):
     """(rows kept, dead letters): of records sharing an id (exact copies), the first by (source,
     line) is kept, at the place of the first copy; the others are rejected as its duplicates.
     ``line_columns``: the raw lines of the block's rows, in pieces, unpacked only if copies are found."""
-    groups = _by_value(block.get(ID))
-    if len(groups) == len(block):
+    ids = block.get(ID)
+    if len(np.unique(_id_array(ids))) == len(block):
         return None, []
+    groups = _by_value(ids)
     sources, lines = block.get(SOURCE), [line for column in line_columns for line in column]
     keep, rejected = [], []
     for rows in groups.values():
@@ -448,10 +506,10 @@ class _AggregateRecords(_Batched):
                     n_rows += len(block[1])
                     record_blocks.append(block[1])
                 elif kind == _EVENTS:
-                    n_rows += len(block[2])
+                    n_rows += _wire_len(block[2])
                     events.append(block)
                 else:
-                    n_rows += len(block[1])
+                    n_rows += _wire_len(block[1])
                     partials.append(block)
         self._group_rows.update(n_rows)
         if record_blocks:
@@ -473,23 +531,26 @@ class _AggregateRecords(_Batched):
         updates: dict[str, list] = {}
         partials = [p for _, _, _, group_partials in pending for p in group_partials]
         if partials:
-            index = {rid: i for i, rid in enumerate(records.get(ID))}
+            at = _positions(_id_array(records.get(ID)), _from_wire([p[1] for p in partials])).tolist()
+            start = 0
             for _, ids, values in partials:
+                rows = at[start:start + _wire_len(ids)]
+                start += len(rows)
                 for name, column in values.items():
                     target = updates.get(name)
                     if target is None:
                         target = updates[name] = list(records.get(name))
-                    for rid, value in zip(ids, column, strict=True):
-                        target[index[rid]] = value
+                    for i, value in zip(rows, column, strict=True):
+                        target[i] = value
         # Queries: the records of groups with a key (a record without one is alone with its partial results).
         keyed = np.array([has_key for has_key, _, _, _ in pending], dtype=bool)[record_group]
         rows = np.flatnonzero(keyed)
         if len(rows):
             parts = [part for _, _, events, _ in pending for part in events]
             groups = [g for g, (_, _, events, _) in enumerate(pending) for _ in events]
-            ids, times = records.get(ID), records.get(self._kg.query_time)
+            times = records.get(self._kg.query_time)
             stats = _compute(
-                self._kg, _event_blocks(self._kg, parts, groups), select(times, rows), np.array(select(ids, rows)),
+                self._kg, _event_blocks(self._kg, parts, groups), select(times, rows), _id_array(records.get(ID), rows),
                 record_group[rows], self._window,
             )
             all_rows = len(rows) == len(records)

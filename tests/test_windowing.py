@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -141,6 +142,46 @@ def test_matches_brute_force_on_real_bts_rows_with_taxi_out():
         header = f.readline().strip()
     records = _canonical_rows(path, "kaggle", header, limit=2500)
     assert _compare_with_brute_force(records, window_s=45 * 60) > 2000
+
+
+@pytest.mark.parametrize("batch_rows", [50_000, 1])
+def test_fingerprint_ids_and_other_ids_give_the_same_windows_in_any_mix(monkeypatch, batch_rows):
+    """Fingerprint ids (lowercase hex) cross the window groups as bytes, any other id as it is. Chunks
+    of each kind (uppercase hex and plain names among them) meet in the same airport-day groups, and
+    every value still equals the brute-force reference; every id comes back as it went in. Computed
+    a group at a time (batch_rows 1), one kind of id meets the other alone (queries of one kind,
+    events of the other)."""
+    import hashlib
+
+    from pipeline import windowing
+    from pipeline.windowing import RECORDS, WindowChunks
+
+    monkeypatch.setattr(windowing._Batched, "batch_rows", batch_rows)
+
+    path = shared_file("flights", "kaggle_2015-01-01_to_04.csv.gz")
+    with __import__("gzip").open(path, "rt") as f:
+        header = f.readline().strip()
+    records = _canonical_rows(path, "kaggle", header, limit=1200)
+    kinds = ("hex", "name", "hex", "HEX")
+    for i, r in enumerate(records):
+        digest = hashlib.blake2b(str(i).encode(), digest_size=12).hexdigest()
+        r[ID] = {"hex": digest, "HEX": digest.upper(), "name": f"r{i}"}[kinds[(i // 150) % len(kinds)]]
+    features = flights.WINDOW_FEATURES
+    expected = {f.name: brute_force(records, f, 45 * 60) for f in features}
+
+    def matcher(got):
+        got = dict(got)
+        assert sorted(got) == sorted(r[ID] for r in records)
+        for f_index, f in enumerate(features):
+            for rid, value in expected[f.name].items():
+                actual = got[rid][f_index]
+                assert (actual is None) if value is None else math.isclose(actual, value, rel_tol=1e-9), (f.name, rid)
+
+    chunks = [records[i:i + 150] for i in range(0, len(records), 150)]
+    with TestPipeline() as p:
+        out = p | beam.Create(chunks) | WindowChunks(features, 45 * 60)
+        got = out[RECORDS] | beam.FlatMap(lambda block: [(r[ID], tuple(r[f.name] for f in features)) for r in block])
+        assert_that(got, matcher)
 
 
 # ------------------------------------------------------------------ scaling: no group grows with the input
