@@ -27,7 +27,9 @@ fingerprint (``_id``) and their route, so they are de-duplicated in the final gr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
+import zlib
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -221,9 +223,39 @@ _CODER = beam.coders.FastPrimitivesCoder()
 
 
 def _pack(blocks: list) -> bytes:
-    """A group's blocks from one chunk, encoded here with the coder the runner would use: a (str,
-    bytes) pair has a coder every runner knows (see WindowChunks.expand)."""
-    return _CODER.encode(blocks)
+    """A group's blocks from one chunk, encoded here with the coder the runner would use (a (str,
+    bytes) pair has a coder every runner knows, see WindowChunks.expand), then compressed.
+
+    Every row crosses a window group's shuffle, and a runner holds or moves its elements as
+    bytes: the in-memory runner keeps a group's whole input three times over while it builds it
+    (at 1M flights its peak memory), and Dataflow bills shuffled bytes. LZ4 halves them for a
+    fraction of a microsecond a row.
+    """
+    data = _CODER.encode(blocks)
+    codec = _lz4()
+    if codec is None:
+        return b"Z" + zlib.compress(data, 1)
+    return b"L" + len(data).to_bytes(4, "little") + codec.compress(data, asbytes=True)
+
+
+def _unpack(data: bytes) -> list:
+    if data[:1] == b"L":
+        codec = _lz4()
+        if codec is None:
+            raise RuntimeError("window group data is LZ4-compressed, and this worker's pyarrow has no LZ4")
+        size = int.from_bytes(data[1:5], "little")
+        return _CODER.decode(codec.decompress(data[5:], decompressed_size=size, asbytes=True))
+    if data[:1] == b"Z":
+        return _CODER.decode(zlib.decompress(data[1:]))
+    raise ValueError(f"not window group data (starts {data[:8]!r})")
+
+
+@functools.cache
+def _lz4():
+    """pyarrow's LZ4 (frame) codec, or None where this pyarrow was built without it."""
+    import pyarrow as pa
+
+    return pa.Codec("lz4") if pa.Codec.is_available("lz4") else None
 
 
 _NO_KEY = "\x00"
@@ -417,7 +449,7 @@ class _AggregateQueries(_Batched):
     def process(self, element):
         _, lists = element
         events, queries = [], []
-        for blocks in map(_CODER.decode, lists):
+        for blocks in map(_unpack, lists):
             for block in blocks:
                 (events if block[0] == _EVENTS else queries).append(block)
         if queries:
@@ -499,7 +531,7 @@ class _AggregateRecords(_Batched):
         group, lists = element
         record_blocks, events, partials = [], [], []
         n_rows = 0
-        for blocks in map(_CODER.decode, lists):
+        for blocks in map(_unpack, lists):
             for block in blocks:
                 kind = block[0]
                 if kind == _RECORDS:
