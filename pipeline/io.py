@@ -154,6 +154,8 @@ class ReadRawLines(beam.PTransform):
 
     Uncompressed files are cut into byte ranges and compressed ones read whole; the chunks are then
     redistributed (``Reshuffle``) so that parsing runs on every worker even for a single input file.
+    Where one process runs everything (:func:`single_process`), there is no other worker to give
+    chunks to, and the reshuffle would only copy every line once more: it is left out.
     """
 
     def __init__(self, plan: Sequence[InputFile], layouts: Mapping[str, Layout], chunk_lines: int = CHUNK_LINES):
@@ -164,12 +166,20 @@ class ReadRawLines(beam.PTransform):
 
     def expand(self, pbegin):
         ranges = [rng for f in self._plan for rng in read_ranges(f.path, f.size, self._layouts[f.layout].has_header)]
-        return (
-            pbegin
-            | "ListRanges" >> beam.Create(ranges)
-            | "ReadChunks" >> beam.FlatMap(read_lines, self._chunk_lines)
-            | "ReshuffleChunks" >> beam.Reshuffle()
-        )
+        chunks = pbegin | "ListRanges" >> beam.Create(ranges) | "ReadChunks" >> beam.FlatMap(read_lines, self._chunk_lines)
+        if single_process(pbegin.pipeline.options):
+            return chunks
+        return chunks | "ReshuffleChunks" >> beam.Reshuffle()
+
+
+def single_process(options) -> bool:
+    """Whether the pipeline runs on the DirectRunner in one process (its in-memory mode, the default)."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    direct = name in (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner")
+    return direct and (options.view_as(DirectOptions).direct_running_mode or "in_memory") == "in_memory"
 
 
 def parser_factory(plan: Sequence[InputFile], layouts: Mapping[str, Layout], context=None):

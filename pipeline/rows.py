@@ -67,7 +67,7 @@ class Block:
         """The rows at ``rows`` (indices), in that order."""
         if len(rows) == 1:
             i = rows[0]
-            return Block({k: (v[i],) for k, v in self.columns.items()}, 1)
+            return Block({k: v.take(rows) if isinstance(v, HexIds) else (v[i],) for k, v in self.columns.items()}, 1)
         if not len(rows):
             return Block({k: () for k in self.columns}, 0)
         pick = operator.itemgetter(*rows)

@@ -8,8 +8,8 @@ tf.Examples per split.
 
 from __future__ import annotations
 
-import io
 import os
+import struct
 from collections.abc import Callable, Mapping
 
 import apache_beam as beam
@@ -21,17 +21,37 @@ TFRECORD_SUFFIX = ".tfrecord.gz"
 
 
 def framed_examples(record_batch) -> bytes:
-    """A record batch's rows as serialized tf.Examples, already framed as consecutive TFRecords.
+    """A record batch's rows as serialized tf.Examples, already framed as consecutive TFRecords."""
+    return frame_tfrecords(encode_examples(record_batch))
 
-    The framing (length, masked CRC32C of the length, data, masked CRC32C of the data) is Beam's
-    own ``_TFRecordUtil.write_record``, the one ``WriteToTFRecord`` applies to each element.
-    """
-    from apache_beam.io.tfrecordio import _TFRecordUtil
 
-    buffer = io.BytesIO()
-    for example in encode_examples(record_batch):
-        _TFRecordUtil.write_record(buffer, example)
-    return buffer.getvalue()
+_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
+
+
+def frame_tfrecords(records) -> bytes:
+    """``records`` (bytes) framed as consecutive TFRecords: length, masked CRC32C of the length,
+    data, masked CRC32C of the data; byte for byte what Beam's ``_TFRecordUtil.write_record`` (the
+    framing of ``WriteToTFRecord``) writes, with its CRC32C function, at a third of its cost a
+    record (the length's header is computed once per distinct length)."""
+    from apache_beam.io import tfrecordio
+
+    tfrecordio._default_crc32c_fn(b"")  # noqa: SLF001 - picks Beam's CRC32C implementation once
+    crc32c = tfrecordio._default_crc32c_fn.fn  # noqa: SLF001
+
+    def masked(data: bytes) -> int:
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    headers: dict[int, bytes] = {}
+    parts = []
+    for record in records:
+        n = len(record)
+        header = headers.get(n)
+        if header is None:
+            length = _U64(n)
+            header = headers[n] = length + _U32(masked(length))
+        parts += (header, record, _U32(masked(record)))
+    return b"".join(parts)
 
 
 # gzip level of the shards: level 1 compresses 4× faster than the default (6), for files about a third larger

@@ -347,3 +347,58 @@ def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
         windowing._unpack(packed)
     with pytest.raises(ValueError, match="not window group data"):
         windowing._unpack(raw)
+
+
+def test_tfrecord_framing_is_byte_for_byte_beams(tmp_path):
+    """Shards are framed per batch, not through WriteToTFRecord: the bytes must be what Beam's own
+    framing writes, record after record (empty, one byte, repeated lengths, a long record), and
+    tf.data must read the records back."""
+    import io
+
+    import tensorflow as tf
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from pipeline.transform import frame_tfrecords
+
+    records = [b"", b"\x00", b"abc", b"xyz", b"abc", bytes(range(256)) * 300]
+    expected = io.BytesIO()
+    for record in records:
+        _TFRecordUtil.write_record(expected, record)
+    framed = frame_tfrecords(records)
+    assert framed == expected.getvalue()
+    path = tmp_path / "part.tfrecord"
+    path.write_bytes(framed)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
+
+
+@pytest.mark.parametrize("flags, reshuffled", [
+    ([], False),  # DirectRunner in memory: one process, nobody to hand chunks to
+    (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], True),
+    (["--direct_running_mode", "multi_threading"], True),
+])
+def test_lines_are_reshuffled_only_where_other_workers_can_take_them(tmp_path, flags, reshuffled):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.airports import load_airports
+    from pipeline.io import ReadRawLines, plan_inputs
+    from tests.test_bad_input import BTS_HEADER, GOOD
+
+    path = tmp_path / "a.csv"
+    path.write_text(BTS_HEADER + "\n" + "\n".join(GOOD) + "\n")
+    layouts = flights.layouts(load_airports())
+    p = beam.Pipeline(options=PipelineOptions(flags))
+    _ = p | "ReadRawLines" >> ReadRawLines(plan_inputs(str(path), layouts), layouts)
+    labels = {t.full_label for t in p.transforms_stack[0].parts[0].parts}
+    assert ("ReadRawLines/ReshuffleChunks" in labels) is reshuffled
+    assert "ReadRawLines/ReadChunks" in labels
+
+
+def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.io import single_process
+
+    assert single_process(PipelineOptions(["--runner", "DirectRunner"]))
+    for flags in (["--runner", "DataflowRunner"], ["--runner", "PortableRunner"], ["--runner", "FlinkRunner"],
+                  ["--direct_running_mode", "multi_processing"]):
+        assert not single_process(PipelineOptions(flags)), flags
