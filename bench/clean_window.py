@@ -69,12 +69,6 @@ def main(argv=None) -> int:
         pass
     else:
         tune_gc()  # as python -m pipeline.preprocess does
-    try:
-        from pipeline.memory import tune_malloc
-    except ImportError:  # a tree from before it existed
-        pass
-    else:
-        tune_malloc()
     work = tempfile.mkdtemp(prefix="bench_cw_")
     options, ours = parse_options(["--dataset", "flights", "--output_dir", work, *beam_args])
     layouts = flights.make_layouts(ours)

@@ -192,9 +192,6 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from pipeline.memory import tune_malloc
-
-    tune_malloc()
     return run_main(run, argv)
 
 

@@ -30,7 +30,6 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs
-from pipeline.memory import tune_malloc
 from pipeline.options import UsageError, parse_options, run_main
 from pipeline.rows import as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
@@ -189,7 +188,6 @@ def tune_gc() -> None:
 
 def main(argv=None) -> int:
     tune_gc()
-    tune_malloc()
     return run_main(run, argv)
 
 

@@ -305,23 +305,6 @@ def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
     assert PackedText.of([]) == [] and list(PackedText.of([None])) == [None]
 
 
-def test_the_allocator_policy_is_set_for_this_process_and_its_workers(monkeypatch):
-    """glibc's trim threshold: set here, and passed on to worker processes through the environment
-    unless the user chose a value (theirs is kept)."""
-    import os
-    import platform
-
-    from pipeline import memory
-
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    took = memory.tune_malloc()
-    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == str(memory.TRIM_THRESHOLD)
-    assert took is (platform.libc_ver()[0] == "glibc")  # elsewhere it changes nothing
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
-    memory.tune_malloc()
-    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "1048576"
-
-
 def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
     """A window group's element: the blocks as the runner's coder writes them, compressed (LZ4, or
     zlib where pyarrow lacks LZ4); either comes back the same, and anything else is refused."""
@@ -402,3 +385,31 @@ def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
     for flags in (["--runner", "DataflowRunner"], ["--runner", "PortableRunner"], ["--runner", "FlinkRunner"],
                   ["--direct_running_mode", "multi_processing"]):
         assert not single_process(PipelineOptions(flags)), flags
+
+
+def test_hex_ids_pack_only_lowercase_hex_of_one_length_and_read_back_the_same():
+    """Fingerprint ids as bytes: anything else (uppercase, odd or mixed lengths, spaces, non-strings)
+    stays as it is; packed ids read back as the same strings through take, slice, concat and
+    pickling, and their numpy form sorts as the strings do."""
+    import pickle
+
+    import numpy as np
+
+    from pipeline.rows import Block, HexIds
+
+    ids = ["00ff00", "a0b1c2", "000000", "ffffff", "0a0000"]
+    packed = HexIds.of(ids)
+    assert packed is not None and packed.width == 3 and list(packed) == ids and packed[-1] == "0a0000"
+    for other in (["ABCDEF"], ["abc"], ["ab", "abcd"], ["ab cd "], [1, 2], ["zz"], [], ["ab", None]):
+        assert HexIds.of(other) is None, other
+    assert pickle.loads(pickle.dumps(packed)) == ids
+    fingerprints = [f"{i * 7919:024x}" for i in range(1000)]
+    assert len(pickle.dumps(HexIds.of(fingerprints))) < len(pickle.dumps(fingerprints)) / 2
+    assert list(np.argsort(packed.array(), kind="stable")) == sorted(range(5), key=ids.__getitem__)
+    block = Block({"_id": packed, "x": [1, 2, 3, 4, 5]}, 5)
+    for part, expected in ((block.take([4, 0]), ["0a0000", "00ff00"]), (block.take([2]), ["000000"]),
+                           (block.slice(1, 3), ["a0b1c2", "000000"])):
+        assert isinstance(part.columns["_id"], HexIds) and list(part.get("_id")) == expected
+    assert isinstance(Block.concat([block, block.take([1])]).columns["_id"], HexIds)
+    mixed = Block.concat([block, Block({"_id": ["r1"], "x": [6]}, 1)])
+    assert list(mixed.get("_id")) == ids + ["r1"]
