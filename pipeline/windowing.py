@@ -124,12 +124,13 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s, e
 # ---------------------------------------------------------------- the Beam side
 # Group keys are (key value, time bucket); a record whose final key or query time is missing is
 # routed to (None, its id), where it meets only its own partial results. Group elements are
-# columnar blocks, one per kind and group of a chunk:
-#   (_RECORDS, [record, ...])
-#   (_EVENTS, j, [id], event times, values)  events of event-time group j; times int64 and values
+# columnar blocks, one per kind and group of a chunk, packed together (_pack: coder, then LZ4):
+#   (_RECORDS, Block)                        the records; raw lines as PackedText, ids as HexIds
+#   (_EVENTS, j, ids, event times, values)   events of event-time group j; times int64 and values
 #                                            float64 (n, n_features) as raw bytes
-#   (_QUERIES, [id], query times, [route])   queries of a key group computed apart (times as bytes)
-#   (_PARTIALS, [id, ...], {name: [value, ...]})            its results, sent to the records' routes
+#   (_QUERIES, ids, query times, [route])    queries of a key group computed apart (times as bytes)
+#   (_PARTIALS, ids, {name: [value, ...]})   its results, sent to the records' routes
+# ids: (width, raw bytes) for fingerprints (see _wire), else a list.
 _RECORDS, _EVENTS, _QUERIES, _PARTIALS = 0, 1, 2, 3
 
 
