@@ -14,6 +14,7 @@ sampled). The pandas reference (bench.pandas_ref) and the Beam ``CleanAndWindow`
 
     python -m bench.preprocess                                   # 100k, 300k, 1M; in-memory and 2 processes
     python -m bench.preprocess --sizes 100000 --repeats 1        # a quick run
+    python -m bench.preprocess --sizes 1000000 --repeats 0         # the pandas and CleanAndWindow references only
     python -m bench.preprocess --sizes 100000 --modes in_memory,multi_threading_2,multi_processing_1,multi_processing_2
     python -m bench.preprocess --sizes 1000000 --modes in_memory --repeats 1 --json bench/results/pre_1m.json
 
@@ -180,6 +181,8 @@ def table(report: dict) -> list[str]:
     for n, entry in report["sizes"].items():
         for mode, v in entry["modes"].items():
             s = v["summary"]
+            if not s.get("runs"):
+                continue  # --repeats 0: the references only
             if not s.get("ok"):
                 lines.append(f"{n} | {mode} | failed or timed out ({s})")
                 continue
