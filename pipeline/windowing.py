@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
-from pipeline.columnar import floats, select
+from pipeline.columnar import encode, floats, select
 from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedText, as_block, dead_letter
 
 ID = "_id"
@@ -282,9 +282,13 @@ def _by_value(values) -> dict:
 
 def _runs(keys: list, buckets: np.ndarray):
     """Row indices grouped by (key, bucket): yields ((key, bucket), indices) per distinct pair."""
-    codes: dict = {}
-    key_codes = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
-    names = list(codes)
+    if set(map(type, keys)) == {str}:  # texts (airports, ALL_KEYS): pyarrow codes them, in order of first appearance
+        coded = encode(keys)
+        key_codes, names = coded.codes, coded.values
+    else:  # a caller's keys of another type (pyarrow would turn bytes into text)
+        codes: dict = {}
+        key_codes = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
+        names = list(codes)
     order = np.lexsort((buckets, key_codes))
     k_sorted, b_sorted = key_codes[order], buckets[order]
     cuts = np.flatnonzero((np.diff(k_sorted) != 0) | (np.diff(b_sorted) != 0)) + 1

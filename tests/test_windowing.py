@@ -214,3 +214,19 @@ def test_window_groups_stay_the_same_size_when_the_input_grows_ten_times(tmp_pat
     assert rows_large >= 9 * rows_small
     assert 200 < largest_small  # a busy NYC airport-day, with its own and arriving flights' events
     assert largest_large <= 1.3 * largest_small, (largest_small, largest_large)
+
+
+def test_rows_group_by_key_and_bucket_whatever_the_keys_type():
+    """Text keys are coded by pyarrow, other keys (bytes among them, which pyarrow would turn into
+    text) one by one: either way each (key, bucket) gets exactly its rows, keys as they were."""
+    import numpy as np
+
+    from pipeline.windowing import _runs
+
+    def groups(keys, buckets):
+        return {group: rows.tolist() for group, rows in _runs(keys, np.array(buckets, dtype=np.int64))}
+
+    assert groups(["JFK", "LGA", "JFK", "JFK"], [5, 5, 5, 6]) == {("JFK", 5): [0, 2], ("LGA", 5): [1], ("JFK", 6): [3]}
+    assert groups([b"JFK", "JFK", b"JFK"], [1, 1, 1]) == {(b"JFK", 1): [0, 2], ("JFK", 1): [1]}
+    assert groups([7, 3, 7], [0, 0, 1]) == {(7, 0): [0], (3, 0): [1], (7, 1): [2]}
+    assert groups([], []) == {}
