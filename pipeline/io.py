@@ -178,6 +178,8 @@ def single_process(options) -> bool:
 
     runner = options.view_as(StandardOptions).runner
     name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if name is not None:
+        name = name.rsplit(".", 1)[-1]  # --runner apache_beam.runners.portability.fn_api_runner.FnApiRunner
     direct = name in (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner")
     return direct and (options.view_as(DirectOptions).direct_running_mode or "in_memory") == "in_memory"
 

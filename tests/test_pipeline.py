@@ -382,6 +382,7 @@ def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
     from pipeline.io import single_process
 
     assert single_process(PipelineOptions(["--runner", "DirectRunner"]))
+    assert single_process(PipelineOptions(["--runner", "apache_beam.runners.portability.fn_api_runner.FnApiRunner"]))
     for flags in (["--runner", "DataflowRunner"], ["--runner", "PortableRunner"], ["--runner", "FlinkRunner"],
                   ["--direct_running_mode", "multi_processing"]):
         assert not single_process(PipelineOptions(flags)), flags
