@@ -98,7 +98,18 @@ class Block:
         return Block(columns, sum(b.n for b in blocks))
 
 
-class PackedText(Sequence):
+class _PackedColumn(Sequence):
+    """A column kept in a compact form: equal to any sequence of the same values, never hashed."""
+
+    __slots__ = ()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None
+
+
+class PackedText(_PackedColumn):
     """A column of texts (str or None), kept as one zlib-compressed buffer (their lengths, then their
     UTF-8 bytes) until a value is read.
 
@@ -148,16 +159,11 @@ class PackedText(Sequence):
     def __iter__(self):
         return iter(self._unpacked())
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None
-
     def __reduce__(self):
         return PackedText, (self._blob, self._n)
 
 
-class HexIds(Sequence):
+class HexIds(_PackedColumn):
     """A column of ids that are all lowercase hex strings of one even length (the record
     fingerprints), kept as their bytes: half the size on the wire, one object instead of one a
     row, and numpy reads them as fixed-width bytes (:meth:`array`) without a string being made.
@@ -232,11 +238,6 @@ class HexIds(Sequence):
             h, w = self.raw.hex(), 2 * self.width
             self._values = [h[j:j + w] for j in range(0, len(h), w)]
         return iter(self._values)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None
 
     def __reduce__(self):
         return HexIds, (self.raw, self.width)

@@ -203,7 +203,7 @@ def _wire_len(wire) -> int:
 
 def _hex_list(wire) -> list:
     width, raw = wire
-    return [raw[i:i + width].hex() for i in range(0, len(raw), width)]
+    return list(HexIds(raw, width))
 
 
 def _from_wire(wires: Sequence) -> np.ndarray:
