@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from bench.stages import per_transform_msecs
     from pipeline import flights
     from pipeline.io import plan_inputs
-    from pipeline.options import parse_options
+    from pipeline.options import local_runner, parse_options
     from pipeline.rows import EXCLUDED, REJECTED
     from pipeline.stages import RECORDS, CleanAndWindow
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     layouts = flights.make_layouts(ours)
     plan = plan_inputs(args.input, layouts, None)
     started = time.time()
-    p = beam.Pipeline(options=options)
+    p = beam.Pipeline(runner=local_runner(options), options=options)
     cleaned = p | "CleanAndWindow" >> CleanAndWindow(flights, plan, layouts, args.window_minutes * 60)
     for tag in (RECORDS, REJECTED, EXCLUDED):
         _ = (

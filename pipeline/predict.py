@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import manifest
 from pipeline.arrow import Rebatch, encode_examples, tfxio_for, to_record_batch
 from pipeline.io import plan_inputs
-from pipeline.options import PreprocessOptions, UsageError, run_main
+from pipeline.options import PreprocessOptions, UsageError, local_runner, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 
@@ -170,7 +170,7 @@ def run(argv=None) -> dict:
 
     started = time.time()
     logger.info("predicting %s with %s: %d input files -> %s", dataset_name, export_dir, len(plan), ours.output_dir)
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
         build(p, dataset, plan, layouts, export_dir, ours.output_dir, ours.window_minutes * 60,
               predict_options.output_features)
     summary = manifest.summarize(manifest.read_counts(ours.output_dir), ["predicted"])

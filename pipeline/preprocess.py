@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs
-from pipeline.options import UsageError, parse_options, run_main
+from pipeline.options import UsageError, local_runner, parse_options, run_main
 from pipeline.rows import as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
@@ -128,7 +128,7 @@ def run(argv=None) -> dict:
 
     started = time.time()
     logger.info("preprocessing %s: %d input files -> %s", ours.dataset, len(plan), output_dir)
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
         with tft_beam.Context(temp_dir=temp_dir):
             build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by)
     wall = time.time() - started

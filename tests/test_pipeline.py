@@ -388,6 +388,25 @@ def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
         assert not single_process(PipelineOptions(flags)), flags
 
 
+def test_local_runs_name_the_python_engine_instead_of_downloading_prism():
+    """DirectRunner (the default) would first fetch Prism from GitHub; local batch runs get FnApiRunner,
+    with the run's options; any other runner, and a streaming run, are left to Beam."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    from pipeline.options import local_runner
+
+    for flags in ([], ["--runner", "DirectRunner"], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]):
+        runner = local_runner(PipelineOptions(flags))
+        assert isinstance(runner, FnApiRunner), flags
+        passed = dict(runner._provision_info.provision_info.pipeline_options)  # noqa: SLF001
+        for flag, value in zip(flags[::2], flags[1::2], strict=True):
+            assert str(passed[f"beam:option:{flag[2:]}:v1"]) == value
+    for flags in (["--runner", "DataflowRunner"], ["--runner", "PrismRunner"], ["--runner", "PortableRunner"],
+                  ["--streaming"]):
+        assert local_runner(PipelineOptions(flags)) is None, flags
+
+
 def test_hex_ids_pack_only_lowercase_hex_of_one_length_and_read_back_the_same():
     """Fingerprint ids as bytes: anything else (uppercase, odd or mixed lengths, spaces, non-strings)
     stays as it is; packed ids read back as the same strings through take, slice, concat and
