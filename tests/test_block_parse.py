@@ -231,8 +231,8 @@ def test_many_at_once_time_conversions_equal_the_one_by_one_ones_on_daylight_sav
 
 
 def test_fingerprints_of_a_block_equal_each_records_fingerprint():
-    """The block's ids are built from each column's distinct values: exactly the text of the row by
-    row fingerprint, also where equal values have different reprs (0.0 and -0.0, 1 and 1.0 and True)."""
+    """The block's ids are built a column at a time: each equals the record's id alone, also where
+    values of one column have several types (0.0 and -0.0, 1 and 1.0 and True, a text among numbers)."""
     from pipeline.rows import fingerprint, fingerprints
 
     columns = ["s", "f", "i", "mixed", "none"]
@@ -249,6 +249,40 @@ def test_fingerprints_of_a_block_equal_each_records_fingerprint():
     assert len(set(ids)) == len(records)
     floats_only = Block.from_records([{"f": 2.5, "g": 1.0}, {"f": 2.5, "g": 1.0}, {"f": -2.5, "g": None}])
     assert fingerprints(floats_only, ["f", "g"]) == [fingerprint(r, ["f", "g"]) for r in floats_only]
+
+
+def test_a_fingerprint_depends_on_the_record_alone_and_tells_records_apart():
+    """Ids are equal exactly where the values are: the same record gets the same id alone, in any
+    block and whichever column path (texts, numbers, mixed types, long texts) hashes it, and each
+    near miss below (one character, a sign, a type, a missing value, a trailing NUL) another id."""
+    import random
+
+    from pipeline.rows import HexIds, fingerprint, fingerprints
+
+    columns = ["a", "b"]
+    long_text = "x" * 300  # over _LONG_TEXT bytes: hashed another way
+    distinct = [
+        "JFK", "JFK ", "JFK\x00", "JFL", "", None, "é", "1", 1, 1.5, -1.5, 0.0, -0.0, float("nan"), float("inf"),
+        2**53 + 1, -(2**70), 10**30, "x" * 8, "x" * 9, "x" * 16, "x" * 17, long_text, long_text[:-1] + "y",
+        b"JFK", (1, 2),
+    ]
+    rows = [{"a": a, "b": b} for a in distinct for b in ("JFK", 7, None)]
+    ids = [fingerprint(r, columns) for r in rows]
+    assert len(set(ids)) == len(rows)
+    assert all(len(i) == 24 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    # The same numbers written as other types are the same values (and the same feature once written).
+    for same in ([1, 1.0, True], [0, 0.0, False], [float("nan"), float("-nan")], [2**53, float(2**53)]):
+        assert len({fingerprint({"a": v, "b": "JFK"}, columns) for v in same}) == 1, same
+
+    rng = random.Random(7)
+    for _ in range(20):  # blocks of every mix: each row's id is its id alone
+        picked = rng.sample(range(len(rows)), rng.randint(1, len(rows)))
+        got = fingerprints(Block.from_records([rows[i] for i in picked]), columns)
+        assert isinstance(got, HexIds)
+        assert list(got) == [ids[i] for i in picked]
+    same_type = [{"a": t, "b": 1.0} for t in ("JFK", "LGA", "JFK", long_text, "")]  # a text-only column
+    assert list(fingerprints(Block.from_records(same_type), columns)) == [fingerprint(r, columns) for r in same_type]
+    assert fingerprint({"a": "JFK"}, columns) == fingerprint({"a": "JFK", "b": None}, columns)  # absent is missing
 
 
 def test_a_failing_block_parser_loses_no_row(tmp_path, caplog):
