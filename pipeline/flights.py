@@ -37,7 +37,7 @@ from pipeline.airports import (
     utc_to_local_string,
     utc_to_local_string_many,
 )
-from pipeline.columnar import BAD, Coded, combine, convert, encode, required, select, split_csv
+from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, required, select
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
 from pipeline.rows import Exclude, Reject
@@ -295,10 +295,10 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.
     """The records :func:`canonical_flight` gives for the rows it vouches for, as columns, and those
     rows' indices; the others (``ok`` False, updated in place) are the row parser's.
 
-    ``columns`` maps each raw column read to its ``n`` texts; ``ok`` is False for rows already
-    known to need the row parser.
+    ``columns`` maps each raw column read to its ``n`` texts (or their :class:`Coded`); ``ok`` is
+    False for rows already known to need the row parser.
     """
-    raw = {name: encode(texts) for name, texts in columns.items()}
+    raw = {name: texts if isinstance(texts, Coded) else encode(texts) for name, texts in columns.items()}
 
     def field(name: str) -> Coded:
         return raw[cols[name]]
@@ -416,7 +416,7 @@ def _csv_block_parser(cols: dict, airports: dict, labelled: bool):
 
         def parse_block(lines: list[str]) -> tuple[dict, list[int]]:
             ok = np.ones(len(lines), dtype=bool)
-            columns = dict(zip(names, split_csv(lines, width, indices, ok), strict=True))
+            columns = dict(zip(names, csv_columns(lines, width, indices, ok), strict=True))
             return canonical_flights(columns, len(lines), cols, airports, ok, labelled)
 
         return parse_block

@@ -230,6 +230,30 @@ def test_many_at_once_time_conversions_equal_the_one_by_one_ones_on_daylight_sav
         assert ok2[i] and text[i] == want, (t, zone, text[i], want)
 
 
+@pytest.mark.parametrize("lines", [
+    ["a,b,c", "d,e,f", "a,,c"],  # plain lines, an empty field: pyarrow's reader
+    ["a,b,c", "a,b", "a,b,c,d", "x,y,z"],  # too few and too many fields: marked, blank values
+    ["a,b", "c"],  # no line of the right width
+    ["é,ü,ß", "JFK,LGA,", ",,"],  # non-ASCII, trailing empty fields
+    ["a,\"b,1\",c", "d,e,f"],  # a quoted comma: the csv module reads the chunk
+    ["a,b\rc,d", "d,e,f"],  # a carriage return inside: the csv module too
+    ["  a , b ,c", "NA,null,"],  # spaces and null-like texts stay texts
+])
+def test_csv_columns_are_split_csv_encoded(lines):
+    """The block parser's columns from pyarrow's CSV reader equal split_csv's, value for value,
+    and mark the same lines."""
+    import numpy as np
+
+    from pipeline.columnar import csv_columns, split_csv
+
+    for indices in ([0, 1, 2], [2, 0]):
+        ok_a, ok_b = np.ones(len(lines), dtype=bool), np.ones(len(lines), dtype=bool)
+        want = split_csv(lines, 3, indices, ok_a)
+        got = csv_columns(lines, 3, indices, ok_b)
+        assert ok_b.tolist() == ok_a.tolist()
+        assert [column.rows() for column in got] == [list(column) for column in want]
+
+
 def test_fingerprints_of_a_block_equal_each_records_fingerprint():
     """The block's ids are built a column at a time: each equals the record's id alone, also where
     values of one column have several types (0.0 and -0.0, 1 and 1.0 and True, a text among numbers)."""
