@@ -11,6 +11,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from pipeline import example_encoding
 from pipeline.rows import Block, as_block
 
 
@@ -102,6 +103,7 @@ class ToRecordBatches(beam.PTransform):
 
 
 def encode_examples(record_batch: pa.RecordBatch) -> list[bytes]:
-    from tfx_bsl.coders import example_coder
-
-    return example_coder.RecordBatchToExamplesEncoder().encode(record_batch)
+    """The batch's rows as serialized tf.Examples, what tfx-bsl's ``RecordBatchToExamplesEncoder``
+    gives (features in name order), written by numpy a column at a time at a fraction of its cost
+    (see :mod:`pipeline.example_encoding`; batches it does not take go to tfx-bsl itself)."""
+    return example_encoding.encode_examples(record_batch)

@@ -13,19 +13,60 @@ import struct
 from collections.abc import Callable, Mapping
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io import filebasedsink
 
 from pipeline.arrow import encode_examples
+from pipeline.example_encoding import Unsupported, encode_flat
 
 TFRECORD_SUFFIX = ".tfrecord.gz"
+_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
 
 
 def framed_examples(record_batch) -> bytes:
-    """A record batch's rows as serialized tf.Examples, already framed as consecutive TFRecords."""
-    return frame_tfrecords(encode_examples(record_batch))
+    """A record batch's rows as serialized tf.Examples, already framed as consecutive TFRecords.
+
+    The examples are encoded into one buffer with room left around each for its TFRecord header
+    and trailer (:func:`pipeline.example_encoding.encode_flat`), which are then filled in place:
+    the same bytes as ``frame_tfrecords(encode_examples(record_batch))``, which remains the path
+    for the batches that encoder leaves to tfx-bsl. Headers and trailers are written by numpy
+    rather than joined record by record; only the CRC32C of each record is a call a row (flights
+    batches: about 0.8 µs a row, against 1.05 through ``frame_tfrecords`` and 3.7 with tfx-bsl's
+    encoder; ``python -m bench.encode``).
+    """
+    try:
+        buffer, starts, ends = encode_flat(record_batch, head=12, tail=4)
+    except Unsupported:
+        return frame_tfrecords(encode_examples(record_batch))
+    if not len(starts):
+        return b""
+    crc32c = _crc32c()
+    data = buffer.tobytes()
+    # Header: the length (u64 LE) and its masked CRC32C, computed once per distinct length.
+    lengths = ends - starts
+    distinct, inverse = np.unique(lengths, return_inverse=True)
+    length_crcs = np.array([crc32c(_U64(length)) for length in distinct.tolist()], np.uint32)
+    header = np.empty((len(distinct), 12), np.uint8)
+    header[:, :8] = distinct.astype("<u8").view(np.uint8).reshape(-1, 8)
+    header[:, 8:] = _masked(length_crcs).astype("<u4").view(np.uint8).reshape(-1, 4)
+    # Trailer: the data's masked CRC32C, one call a record (Beam's CRC32C function takes bytes only).
+    data_crcs = np.array([crc32c(data[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)], np.uint32)
+    buffer[(starts - 12)[:, None] + np.arange(12)] = header[inverse]
+    buffer[ends[:, None] + np.arange(4)] = _masked(data_crcs).astype("<u4").view(np.uint8).reshape(-1, 4)
+    return buffer.tobytes()
 
 
-_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
+def _crc32c():
+    """Beam's CRC32C function, the one ``WriteToTFRecord`` frames records with."""
+    from apache_beam.io import tfrecordio
+
+    tfrecordio._default_crc32c_fn(b"")  # noqa: SLF001 - picks Beam's CRC32C implementation once
+    return tfrecordio._default_crc32c_fn.fn  # noqa: SLF001
+
+
+def _masked(crcs):
+    """TFRecord's masking of CRC32C values (a uint32 numpy array; the sum wraps modulo 2**32)."""
+    return ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)
 
 
 def frame_tfrecords(records) -> bytes:
@@ -33,10 +74,7 @@ def frame_tfrecords(records) -> bytes:
     data, masked CRC32C of the data; byte for byte what Beam's ``_TFRecordUtil.write_record`` (the
     framing of ``WriteToTFRecord``) writes, with its CRC32C function, at a third of its cost a
     record (the length's header is computed once per distinct length)."""
-    from apache_beam.io import tfrecordio
-
-    tfrecordio._default_crc32c_fn(b"")  # noqa: SLF001 - picks Beam's CRC32C implementation once
-    crc32c = tfrecordio._default_crc32c_fn.fn  # noqa: SLF001
+    crc32c = _crc32c()
 
     def masked(data: bytes) -> int:
         crc = crc32c(data)
