@@ -33,7 +33,7 @@ from pipeline.io import plan_inputs
 from pipeline.options import UsageError, local_runner, parse_options, run_main
 from pipeline.rows import as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
-from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
+from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,11 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
     lines, windowed = cleaned[LINES], cleaned[RECORDS]
     units = dataset.SPLIT_UNITS
     coarsest = next(iter(units.values()))
+    # The distinct split keys, counted on the parsed records: the windowing drops only exact copies, which
+    # share their keys. So the split's side input is ready before the windowing ends, and the runner can
+    # hand the windowed records to the split as they come, instead of storing them all in between.
     n_coarse = (
-        windowed
+        cleaned[PARSED]
         | "CoarseSplitKeys" >> beam.FlatMap(lambda records: set(unit_keys(coarsest, as_block(records))))
         | "DistinctCoarseKeys" >> beam.Distinct()
         | "CountCoarseKeys" >> beam.combiners.Count.Globally()

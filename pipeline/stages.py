@@ -14,14 +14,16 @@ from pipeline.windowing import ID, WindowChunks
 
 LINES = "lines"
 RECORDS = "records"
+PARSED = "parsed"
 
 
 class CleanAndWindow(beam.PTransform):
     """Reads the planned raw files -> parsed, validated, de-duplicated records with windowed features.
 
     Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records``
-    (:class:`~pipeline.rows.Block` s of records, columns), ``rejected`` and ``excluded`` (one
-    dead-letter entry each). Records move in blocks from the parse to the end: the runner's cost
+    (:class:`~pipeline.rows.Block` s of records, columns), ``parsed`` (the blocks as parsed, before
+    de-duplication and windowing: the same records, copies included, so the same distinct values
+    of any column), ``rejected`` and ``excluded`` (one dead-letter entry each). Records move in blocks from the parse to the end: the runner's cost
     per element is paid per block, not per row. Exact duplicates are removed in the windowing
     group, where copies meet.
     """
@@ -44,7 +46,8 @@ class CleanAndWindow(beam.PTransform):
             self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )
         rejected = (parsed[REJECTED], windowed[REJECTED]) | "FlattenRejected" >> beam.Flatten()
-        return {LINES: lines, RECORDS: windowed[RECORDS], REJECTED: rejected, EXCLUDED: parsed[EXCLUDED]}
+        return {LINES: lines, RECORDS: windowed[RECORDS], PARSED: parsed[RECORDS], REJECTED: rejected,
+                EXCLUDED: parsed[EXCLUDED]}
 
 
 class WriteDeadLetters(beam.PTransform):
