@@ -37,20 +37,42 @@ def to_record_batch(records, arrow_schema: pa.Schema) -> pa.RecordBatch:
     n = len(block)
     arrays = []
     for field in arrow_schema:
-        values = block.get(field.name)
-        present = [v for v in values if v is not None]
-        value_type = field.type.value_type
-        if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type):
-            present = [v.encode("utf-8") for v in present]
+        values, value_type = block.get(field.name), field.type.value_type
         offset_type = np.int64 if pa.types.is_large_list(field.type) else np.int32
+        present = _present_values(values, value_type)
+        if present is None:  # pyarrow would not take the column whole: value by value, as it always did
+            present = [v for v in values if v is not None]
+            if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type):
+                present = [v.encode("utf-8") for v in present]
+            present = pa.array(present, type=value_type)
+            valid = np.fromiter((v is not None for v in values), dtype=bool, count=n) if len(present) != n else None
+        else:
+            present, valid = present
         offsets = np.zeros(n + 1, dtype=offset_type)
-        if len(present) != n:
-            np.cumsum(np.fromiter((v is not None for v in values), dtype=bool, count=n), out=offsets[1:])
+        if valid is not None:
+            np.cumsum(valid, out=offsets[1:])
         else:
             offsets[1:] = np.arange(1, n + 1, dtype=offset_type)
         list_class = pa.LargeListArray if pa.types.is_large_list(field.type) else pa.ListArray
-        arrays.append(list_class.from_arrays(pa.array(offsets), pa.array(present, type=value_type), type=field.type))
+        arrays.append(list_class.from_arrays(pa.array(offsets), present, type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+
+def _present_values(values, value_type):
+    """(the column's present values as one Arrow array of ``value_type``, a numpy mask of the present
+    rows or None when all are), converted by pyarrow in one call; None where it would not take the
+    column (then the caller converts the values one by one, which gives the same array or error)."""
+    text = pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type)
+    try:
+        array = pa.array(values if isinstance(values, list) else list(values),
+                         type=(pa.large_string() if pa.types.is_large_binary(value_type) else pa.string()) if text else value_type)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    if text:
+        array = array.cast(value_type)  # the UTF-8 bytes of each text, as str.encode gives them
+    if not array.null_count:
+        return array, None
+    return array.drop_null(), array.is_valid().to_numpy(zero_copy_only=False)
 
 
 class Rebatch(beam.DoFn):
