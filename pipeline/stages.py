@@ -23,9 +23,9 @@ class CleanAndWindow(beam.PTransform):
     Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records``
     (:class:`~pipeline.rows.Block` s of records, columns), ``parsed`` (the blocks as parsed, before
     de-duplication and windowing: the same records, copies included, so the same distinct values
-    of any column), ``rejected`` and ``excluded`` (one dead-letter entry each). Records move in blocks from the parse to the end: the runner's cost
-    per element is paid per block, not per row. Exact duplicates are removed in the windowing
-    group, where copies meet.
+    of any column), ``rejected`` and ``excluded`` (one dead-letter entry each). Records move in
+    blocks from the parse to the end: the runner's cost per element is paid per block, not per row.
+    Exact duplicates are removed in the windowing group, where copies meet.
     """
 
     def __init__(self, dataset, plan, layouts, window_s: int, labelled: bool = True):

@@ -238,6 +238,7 @@ def test_many_at_once_time_conversions_equal_the_one_by_one_ones_on_daylight_sav
     ["a,\"b,1\",c", "d,e,f"],  # a quoted comma: the csv module reads the chunk
     ["a,b\rc,d", "d,e,f"],  # a carriage return inside: the csv module too
     ["  a , b ,c", "NA,null,"],  # spaces and null-like texts stay texts
+    ["a\x00,b,c", "d,e,f"],  # a NUL byte: a character like any other when no quote is around
 ])
 def test_csv_columns_are_split_csv_encoded(lines):
     """The block parser's columns from pyarrow's CSV reader equal split_csv's, value for value,
