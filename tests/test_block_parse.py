@@ -285,7 +285,7 @@ def test_a_fingerprint_depends_on_the_record_alone_and_tells_records_apart():
     from pipeline.rows import HexIds, fingerprint, fingerprints
 
     columns = ["a", "b"]
-    long_text = "x" * 300  # over _LONG_TEXT bytes: hashed another way
+    long_text = "x" * 300  # over pipeline.hashing._LONG_TEXT bytes: hashed another way
     distinct = [
         "JFK", "JFK ", "JFK\x00", "JFL", "", None, "é", "1", 1, 1.5, -1.5, 0.0, -0.0, float("nan"), float("inf"),
         2**53 + 1, -(2**70), 10**30, "x" * 8, "x" * 9, "x" * 16, "x" * 17, long_text, long_text[:-1] + "y",
