@@ -99,24 +99,73 @@ GZIP_LEVEL = 1
 
 
 class _FramedTFRecordSink(filebasedsink.FileBasedSink):
-    """``WriteToTFRecord``'s sink for elements that are already framed runs of TFRecords, gzip at GZIP_LEVEL."""
+    """``WriteToTFRecord``'s sink for elements that are already framed runs of TFRecords, gzip at
+    GZIP_LEVEL, compressed in a thread of its own (:class:`_GzipInThread`)."""
 
     def open(self, temp_path):
-        import zlib
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
 
-        from apache_beam.io.filesystem import CompressedFile, CompressionTypes
-
-        writer = super().open(temp_path)
-        # Beam always compresses at zlib's default level; nothing is written yet, so its compressor can be
-        # swapped for one of the same gzip format at another level. (Unknown Beam internals: the default stays.)
-        if isinstance(writer, CompressedFile) and getattr(writer, "_compression_type", None) == CompressionTypes.GZIP:
-            mask = getattr(writer, "_gzip_mask", None)
-            if mask is not None and hasattr(writer, "_compressor"):
-                writer._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, mask)  # noqa: SLF001
-        return writer
+        return _GzipInThread(FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED))
 
     def write_encoded_record(self, file_handle, value):
         file_handle.write(value)
+
+
+class _GzipInThread:
+    """A shard's writer: what is written is gzip-compressed (one gzip stream, GZIP_LEVEL) and written to
+    ``raw`` by a thread of its own.
+
+    zlib lets other Python threads run while it compresses, so where a core is free (the in-process
+    runner keeps one busy) the shards are compressed beside the pipeline's own work instead of inside it.
+    Nothing is lost on a failure: a compression or write error is raised by the next ``write`` or by
+    ``close``, which waits for everything written before it.
+    """
+
+    def __init__(self, raw, queued: int = 8):
+        import queue
+        import threading
+
+        self._raw = raw
+        self._queue: queue.Queue = queue.Queue(maxsize=queued)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gzip-shard-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import zlib
+
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        try:
+            while (data := self._queue.get()) is not None:
+                self._raw.write(compressor.compress(data))
+            self._raw.write(compressor.flush())
+        except BaseException as e:  # noqa: BLE001 - handed to the writing thread, which raises it
+            self._error = e
+
+    def _put(self, item) -> None:
+        import queue
+
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:  # the thread is behind, or has stopped on an error: look again
+                continue
+
+    def write(self, data: bytes) -> None:
+        self._put(data)
+
+    def close(self) -> None:
+        try:
+            self._put(None)
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        finally:
+            self._raw.close()
 
 
 def write_framed_tfrecords(label: str, path_prefix: str):

@@ -354,6 +354,47 @@ def test_tfrecord_framing_is_byte_for_byte_beams(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
 
 
+def test_shards_are_gzipped_in_a_thread_and_a_write_error_is_raised_not_lost(tmp_path):
+    """The sink's writer compresses in a thread of its own: the shard is one gzip stream of what was
+    written, in order (tf.data reads the records back); a failing file is raised by write or close,
+    and the file is closed either way."""
+    import gzip
+
+    import tensorflow as tf
+
+    from pipeline.transform import _GzipInThread, frame_tfrecords
+
+    records = [b"r%d" % i * (i + 1) for i in range(3000)]
+    path = tmp_path / "part.tfrecord.gz"
+    writer = _GzipInThread(open(path, "wb"), queued=2)  # noqa: SIM115 - the writer closes it
+    for start in range(0, len(records), 100):
+        writer.write(frame_tfrecords(records[start:start + 100]))
+    writer.close()
+    assert gzip.decompress(path.read_bytes()) == frame_tfrecords(records)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
+
+    class Failing:
+        closed = False
+
+        def write(self, data):
+            raise OSError("disk full")
+
+        def close(self):
+            self.closed = True
+
+    for writes in (1, 50):
+        raw = Failing()
+        writer = _GzipInThread(raw, queued=2)
+        with pytest.raises(OSError, match="disk full"):
+            for _ in range(writes):
+                writer.write(b"x" * 100_000)
+            writer.close()
+        if not raw.closed:  # the error came from write: close raises it again and closes the file
+            with pytest.raises(OSError, match="disk full"):
+                writer.close()
+        assert raw.closed
+
+
 @pytest.mark.parametrize("flags, reshuffled", [
     ([], False),  # DirectRunner in memory: one process, nobody to hand chunks to
     (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], True),
