@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.columnar import encode, floats, select
 from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedText, as_block, dead_letter
+from pipeline.wire import column_values, column_wire, pack_block, unpack_block
 
 ID = "_id"
 RECORDS = "records"
@@ -122,15 +123,20 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s, e
 
 
 # ---------------------------------------------------------------- the Beam side
-# Group keys are (key value, time bucket); a record whose final key or query time is missing is
-# routed to (None, its id), where it meets only its own partial results. Group elements are
-# columnar blocks, one per kind and group of a chunk, packed together (_pack: coder, then LZ4):
-#   (_RECORDS, Block)                        the records; raw lines as PackedText, ids as HexIds
-#   (_EVENTS, j, ids, event times, values)   events of event-time group j; times int64 and values
-#                                            float64 (n, n_features) as raw bytes
-#   (_QUERIES, ids, query times, [route])    queries of a key group computed apart (times as bytes)
-#   (_PARTIALS, ids, {name: [value, ...]})   its results, sent to the records' routes
-# ids: (width, raw bytes) for fingerprints (see _wire), else a list.
+# Groups are time buckets: every key's events and queries of a bucket meet in one group, where the
+# key separates them (a query sees only its own key's events). A record whose final key or query
+# time is missing is routed to a group of its own (_NO_KEY and its id), where it meets only its own
+# partial results. Group elements are columnar blocks, one per kind of a chunk, packed together
+# (_pack: coder, then LZ4):
+#   (_RECORDS, pack_block(Block))            the records; raw lines as PackedText, ids as HexIds
+#   (_EVENTS, j, names, codes, ids, event times, values)
+#                                            events of event-time group j: keys (names, int32 codes
+#                                            into them), times int64, values float64 (n, n_features)
+#   (_QUERIES, names, codes, ids, query times, route names, route codes)
+#                                            queries of a key group computed apart, with the final
+#                                            group each record goes to
+#   (_PARTIALS, ids, {name: column_wire})    its results, sent to the records' groups
+# ids: (width, raw bytes) for fingerprints (see _wire), else a list. Codes and times as raw bytes.
 _RECORDS, _EVENTS, _QUERIES, _PARTIALS = 0, 1, 2, 3
 
 
@@ -166,14 +172,78 @@ def _keys(block: Block, key_field) -> Sequence:
     return (ALL_KEYS,) * len(block) if key_field is None else block.get(key_field)
 
 
-def _routes(block: Block, kg: _KeyGroup, bucket_s: int) -> list:
-    """Per record, where it meets the events of its final key group and its partial results: (key,
-    bucket), or (None, its id) when its key or query time is missing."""
-    ids = block.get(ID)
-    return [
-        (None, ids[i]) if key is None or tq is None else (key, tq // bucket_s)
-        for i, (key, tq) in enumerate(zip(_keys(block, kg.key), block.get(kg.query_time), strict=True))
-    ]
+def _key_codes(keys: Sequence) -> tuple[list, np.ndarray]:
+    """(the distinct keys, per row the index of its key among them): texts coded by pyarrow, keys of
+    another type (a caller's bytes, which pyarrow would turn into text) one by one."""
+    if len(keys) and set(map(type, keys)) == {str}:
+        coded = encode(keys)
+        return coded.values, coded.codes
+    codes: dict = {}
+    per_row = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
+    return list(codes), per_row
+
+
+class _KeyTable:
+    """Keys of a batch's parts -> one set of codes, so that events and queries of a key share one."""
+
+    def __init__(self):
+        self._codes: dict = {}
+
+    def codes(self, names: Sequence, codes) -> np.ndarray:
+        """Codes (per row, into ``names``; int32 bytes or an array) -> this table's codes."""
+        table = np.fromiter((self._codes.setdefault(k, len(self._codes)) for k in names), dtype=np.int64, count=len(names))
+        codes = np.frombuffer(codes, dtype=np.int32) if isinstance(codes, bytes) else codes
+        return table[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+
+    @property
+    def names(self) -> list:
+        return list(self._codes)
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+
+def _split_by(codes: np.ndarray):
+    """Row indices grouped by an integer per row: yields (value, rows in order) per distinct value."""
+    if not len(codes):
+        return
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if len(distinct) == 1:
+        yield int(distinct[0]), np.arange(len(codes))
+        return
+    order = np.argsort(inverse, kind="stable")
+    cuts = np.cumsum(np.bincount(inverse, minlength=len(distinct)))[:-1]
+    yield from zip(distinct.tolist(), np.split(order, cuts), strict=True)
+
+
+_NO_KEY = "\x00"
+
+
+def _bucket_key(bucket: int) -> str:
+    """A group's key: its time bucket as text (a deterministic coder of its own, see WindowChunks.expand)."""
+    return str(bucket)
+
+
+def _route_codes(block: Block, kg: _KeyGroup, bucket_s: int) -> tuple[list[str], np.ndarray]:
+    """Per record, the final group where it meets its events and partial results, as (the distinct
+    group keys, per row the index of its own): the bucket of its query time, or for a record
+    without a final key or query time, a group of its own (a mark and its id)."""
+    times, ids = block.get(kg.query_time), block.get(ID)
+    rows = _present(_keys(block, kg.key), times)
+    codes = np.empty(len(block), dtype=np.int64)
+    names: list[str] = []
+    if rows:
+        distinct, inverse = np.unique(np.array(select(times, rows), dtype=np.int64) // bucket_s, return_inverse=True)
+        names = [_bucket_key(b) for b in distinct.tolist()]
+        codes[rows] = inverse.reshape(-1)
+    if len(rows) < len(block):
+        keyed = set(rows)
+        for i in range(len(block)):
+            if i not in keyed:
+                codes[i] = len(names)
+                names.append(_NO_KEY + str(ids[i]))
+    return names, codes
 
 
 # Ids inside the group elements: fingerprints (lowercase hex) travel as their bytes, (width, raw
@@ -259,15 +329,6 @@ def _lz4():
     return pa.Codec("lz4") if pa.Codec.is_available("lz4") else None
 
 
-_NO_KEY = "\x00"
-
-
-def _group_key(route: tuple) -> str:
-    """The final group's key as a string (a deterministic coder of its own): repr of (key, bucket),
-    or for a record without a key or query time, a mark and its id."""
-    return _NO_KEY + str(route[1]) if route[0] is None else repr(route)
-
-
 def _by_value(values) -> dict:
     """value -> the indices where it occurs, in order."""
     groups: dict = {}
@@ -280,23 +341,6 @@ def _by_value(values) -> dict:
     return groups
 
 
-def _runs(keys: list, buckets: np.ndarray):
-    """Row indices grouped by (key, bucket): yields ((key, bucket), indices) per distinct pair."""
-    if set(map(type, keys)) == {str}:  # texts (airports, ALL_KEYS): pyarrow codes them, in order of first appearance
-        coded = encode(keys)
-        key_codes, names = coded.codes, coded.values
-    else:  # a caller's keys of another type (pyarrow would turn bytes into text)
-        codes: dict = {}
-        key_codes = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
-        names = list(codes)
-    order = np.lexsort((buckets, key_codes))
-    k_sorted, b_sorted = key_codes[order], buckets[order]
-    cuts = np.flatnonzero((np.diff(k_sorted) != 0) | (np.diff(b_sorted) != 0)) + 1
-    for rows in np.split(order, cuts):
-        if len(rows):
-            yield (names[key_codes[rows[0]]], int(buckets[rows[0]])), rows
-
-
 def _present(*columns) -> list[int]:
     """Indices where every column has a value."""
     gaps = [c for c in columns if None in c]  # a scan in C; most columns have no gap at all
@@ -306,8 +350,8 @@ def _present(*columns) -> list[int]:
 
 
 def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int, out: dict) -> None:
-    """Adds to ``out[(key, bucket)]`` the block's events of each event-time group as columnar blocks,
-    at every bucket whose queries they can reach (an event at te counts for queries in (te, te + window])."""
+    """Adds to ``out[group key]`` the block's events of each event-time group as columnar blocks, at
+    every bucket whose queries they can reach (an event at te counts for queries in (te, te + window])."""
     ids_all = block.get(ID)
     for j, (event_time, feats) in enumerate(kg.groups):
         times = block.get(event_time)
@@ -320,19 +364,23 @@ def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int
             if f.value is not None:
                 values[:, k] = floats(select(block.get(f.value), rows))
         ids = _id_array(ids_all, rows)
-        row_keys = select(keys, rows)
+        names, codes = _key_codes(select(keys, rows))
+        codes = codes.astype(np.int32)
         first, last = te // bucket_s, (te + window_s) // bucket_s
         for offset in range(int((last - first).max()) + 1):
             reach = np.flatnonzero(first + offset <= last)
-            for group, sel in _runs([row_keys[i] for i in reach], first[reach] + offset):
+            for bucket, sel in _split_by(first[reach] + offset):
                 idx = reach[sel]
                 # Raw bytes, not arrays: a small numpy array costs more to pickle and unpickle than its buffer.
-                out.setdefault(group, []).append((_EVENTS, j, _wire(ids[idx]), te[idx].tobytes(), values[idx].tobytes()))
+                out.setdefault(_bucket_key(bucket), []).append(
+                    (_EVENTS, j, names, codes[idx].tobytes(), _wire(ids[idx]), te[idx].tobytes(), values[idx].tobytes())
+                )
 
 
 def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, list]:
     """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (ids, times, values,
-    groups) of event-time group j, each (group, id) once, or None; ``q_g`` the queries' groups."""
+    groups) of event-time group j, each (group, id) once, or None; ``q_g`` the queries' groups
+    (a query sees only the events of its own group)."""
     q_t = np.asarray(q_t, dtype=np.int64)
     out: dict[str, list] = {}
     for j, (_event_time, feats) in enumerate(kg.groups):
@@ -343,7 +391,10 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, 
         else:
             ids, times, values, groups = blocks[j]
             ids, q_ids = _comparable(ids, q_id)
-            sums, counts, n_events = window_stats(times, ids, values, q_t, q_ids, window_s, groups, q_g)
+            # Group numbers made small (one code for each group present), whatever the keys and batch.
+            _, codes = np.unique(np.concatenate([q_g, groups]), return_inverse=True)
+            codes = codes.reshape(-1)
+            sums, counts, n_events = window_stats(times, ids, values, q_t, q_ids, window_s, codes[len(q_g):], codes[:len(q_g)])
         for k, f in enumerate(feats):
             if f.statistic == "count":
                 out[f.name] = n_events.tolist()
@@ -353,25 +404,33 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, 
     return out
 
 
-def _event_blocks(kg: _KeyGroup, parts, groups) -> list:
-    """Per event-time group, the event blocks ``parts`` (of the groups ``groups``, one each)
-    concatenated with each (group, id) once, the first: an exact copy of a record sends the same
-    events as its original, which count once."""
+def _event_blocks(kg: _KeyGroup, parts, pending: Sequence[int], table: _KeyTable) -> list:
+    """Per event-time group, the event blocks ``parts`` (of the batch's groups ``pending``, one
+    each) concatenated, as (ids, times, values, batch group, key code) with each (batch group, id)
+    once, the first: an exact copy of a record sends the same events as its original, which count
+    once. Keys are coded by ``table``."""
     blocks = []
     for j in range(len(kg.groups)):
-        mine = [(p, g) for p, g in zip(parts, groups, strict=True) if p[1] == j]
+        mine = [(p, g) for p, g in zip(parts, pending, strict=True) if p[1] == j]
         if not mine:
             blocks.append(None)
             continue
-        ids = _from_wire([p[2] for p, _ in mine])
-        times = np.frombuffer(b"".join(p[3] for p, _ in mine), dtype=np.int64)
-        values = np.frombuffer(b"".join(p[4] for p, _ in mine), dtype=np.float64).reshape(len(ids), -1)
-        group = np.repeat(np.array([g for _, g in mine], dtype=np.int64), [_wire_len(p[2]) for p, _ in mine])
+        keys = np.concatenate([table.codes(p[2], p[3]) for p, _ in mine])
+        ids = _from_wire([p[4] for p, _ in mine])
+        times = np.frombuffer(b"".join(p[5] for p, _ in mine), dtype=np.int64)
+        values = np.frombuffer(b"".join(p[6] for p, _ in mine), dtype=np.float64).reshape(len(ids), -1)
+        group = np.repeat(np.array([g for _, g in mine], dtype=np.int64), [_wire_len(p[4]) for p, _ in mine])
         first = _first_of_each(ids, group)
         if len(first) < len(ids):
-            ids, times, values, group = ids[first], times[first], values[first], group[first]
-        blocks.append((ids, times, values, group))
+            ids, times, values, group, keys = ids[first], times[first], values[first], group[first], keys[first]
+        blocks.append((ids, times, values, group, keys))
     return blocks
+
+
+def _with_groups(blocks: list, n_keys: int) -> list:
+    """Event blocks from :func:`_event_blocks` as (ids, times, values, group): one group per (batch
+    group, key)."""
+    return [None if b is None else (b[0], b[1], b[2], b[3] * n_keys + b[4]) for b in blocks]
 
 
 def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -424,8 +483,8 @@ class _Batched(beam.DoFn):
 
 
 class _EmitEventsAndQueries(beam.DoFn):
-    """A key group computed apart: per chunk, columnar blocks of its events and queries by (key,
-    bucket); results go to each record's route in the final key group."""
+    """A key group computed apart: per chunk, columnar blocks of its events and queries by time
+    bucket; results go to each record's group in the final key group."""
 
     def __init__(self, kg: _KeyGroup, final: _KeyGroup, window_s: int, bucket_s: int):
         self._kg, self._final, self._window, self._bucket = kg, final, window_s, bucket_s
@@ -440,9 +499,15 @@ class _EmitEventsAndQueries(beam.DoFn):
         if rows:
             tq = np.array(select(times, rows), dtype=np.int64)
             ids = _id_array(block.get(ID), rows)
-            routes = select(_routes(block, self._final, self._bucket), rows)
-            for group, sel in _runs(select(keys, rows), tq // self._bucket):
-                out.setdefault(group, []).append((_QUERIES, _wire(ids[sel]), tq[sel].tobytes(), [routes[i] for i in sel]))
+            names, codes = _key_codes(select(keys, rows))
+            codes = codes.astype(np.int32)
+            route_names, route_codes = _route_codes(block, self._final, self._bucket)
+            route_codes = route_codes[np.asarray(rows, dtype=np.int64)].astype(np.int32)
+            for bucket, sel in _split_by(tq // self._bucket):
+                out.setdefault(_bucket_key(bucket), []).append(
+                    (_QUERIES, names, codes[sel].tobytes(), _wire(ids[sel]), tq[sel].tobytes(), route_names,
+                     route_codes[sel].tobytes())
+                )
         for group, blocks in out.items():
             yield group, _pack(blocks)
 
@@ -458,27 +523,32 @@ class _AggregateQueries(_Batched):
             for block in blocks:
                 (events if block[0] == _EVENTS else queries).append(block)
         if queries:
-            yield from self._add((events, queries), sum(_wire_len(b[2]) for b in events) + sum(_wire_len(q[1]) for q in queries))
+            yield from self._add((events, queries), sum(_wire_len(b[4]) for b in events) + sum(_wire_len(q[3]) for q in queries))
 
     def _compute_batch(self, pending):
-        ids = _from_wire([q[1] for _, queries in pending for q in queries])
-        tq = np.frombuffer(b"".join(q[2] for _, queries in pending for q in queries), dtype=np.int64)
-        routes = [route for _, queries in pending for q in queries for route in q[3]]
-        q_g = np.repeat(np.arange(len(pending)), [sum(_wire_len(q[1]) for q in queries) for _, queries in pending])
-        first = _first_of_each(ids, q_g)  # a copy's query is its original's
-        ids, tq, q_g, routes = ids[first], tq[first], q_g[first], [routes[i] for i in first]
+        queries = [(g, q) for g, (_, group_queries) in enumerate(pending) for q in group_queries]
+        keys, routes = _KeyTable(), _KeyTable()
+        q_key = np.concatenate([keys.codes(q[1], q[2]) for _, q in queries])
+        q_route = np.concatenate([routes.codes(q[5], q[6]) for _, q in queries])
+        ids = _from_wire([q[3] for _, q in queries])
+        tq = np.frombuffer(b"".join(q[4] for _, q in queries), dtype=np.int64)
+        q_batch = np.repeat(np.array([g for g, _ in queries], dtype=np.int64), [_wire_len(q[3]) for _, q in queries])
         parts = [part for events, _ in pending for part in events]
         groups = [g for g, (events, _) in enumerate(pending) for _ in events]
-        stats = _compute(self._kg, _event_blocks(self._kg, parts, groups), tq, ids, q_g, self._window)
-        names = list(stats)
-        for route, rows in _by_value(routes).items():
-            yield _group_key(route), _pack([(_PARTIALS, _wire(ids[rows]), {n: [stats[n][i] for i in rows] for n in names})])
+        events = _event_blocks(self._kg, parts, groups, keys)
+        q_g = q_batch * len(keys) + q_key
+        first = _first_of_each(ids, q_g)  # a copy's query is its original's
+        ids, tq, q_g, q_route = ids[first], tq[first], q_g[first], q_route[first]
+        stats = _compute(self._kg, _with_groups(events, len(keys)), tq, ids, q_g, self._window)
+        route_names = routes.names
+        for route, rows in _split_by(q_route):
+            results = {name: column_wire(select(column, rows)) for name, column in stats.items()}
+            yield route_names[route], _pack([(_PARTIALS, _wire(ids[rows]), results)])
 
 
 class _EmitRecordsAndEvents(beam.DoFn):
-    """The final key group: per chunk, the records (a block) at their routes and the events of the
-    final key group at every bucket they reach, grouped by (key, bucket). Every window column
-    starts as missing (None)."""
+    """The final key group: per chunk, the records (a block) at their groups and the events of the
+    final key group at every bucket they reach. Every window column starts as missing (None)."""
 
     def __init__(self, kg: _KeyGroup, names, window_s: int, bucket_s: int):
         self._kg, self._names, self._window, self._bucket = kg, tuple(names), window_s, bucket_s
@@ -489,14 +559,15 @@ class _EmitRecordsAndEvents(beam.DoFn):
         block = block.replace(**dict.fromkeys(self._names, blank))
         out: dict = {}
         lines = block.columns.get(LINE)
-        for route, rows in _by_value(_routes(block, self._kg, self._bucket)).items():
-            records = block.take(rows)
+        route_names, route_codes = _route_codes(block, self._kg, self._bucket)
+        for route, rows in _split_by(route_codes):
+            records = block if len(rows) == len(block) else block.take(rows.tolist())
             if lines is not None:  # read again only for a record with copies (_first_copies)
                 records = records.replace(**{LINE: PackedText.of(records.columns[LINE])})
-            out[route] = [(_RECORDS, records)]
+            out.setdefault(route_names[route], []).append((_RECORDS, pack_block(records)))
         _emit_events(block, _keys(block, self._kg.key), self._kg, self._window, self._bucket, out)
         for group, blocks in out.items():
-            yield _group_key(group), _pack(blocks)
+            yield group, _pack(blocks)
 
 
 def _first_copies(block: Block, line_columns: Sequence[Sequence]):
@@ -520,10 +591,10 @@ def _first_copies(block: Block, line_columns: Sequence[Sequence]):
 
 
 class _AggregateRecords(_Batched):
-    """(key, bucket) groups -> blocks of their records with their window columns.
+    """Time-bucket groups -> blocks of their records with their window columns.
 
     Exact copies of a record (same ``_id``, the fingerprint of its canonical fields) meet here, since
-    they share their route: one is kept, the others are rejected as duplicates (``rejected``
+    they share their group: one is kept, the others are rejected as duplicates (``rejected``
     output). The group's size in rows (records, events and partial results) is recorded in the
     ``window/group_rows`` distribution, the figure that shows no group grows with the input's length.
     """
@@ -540,10 +611,11 @@ class _AggregateRecords(_Batched):
             for block in blocks:
                 kind = block[0]
                 if kind == _RECORDS:
-                    n_rows += len(block[1])
-                    record_blocks.append(block[1])
+                    records = unpack_block(block[1])
+                    n_rows += len(records)
+                    record_blocks.append(records)
                 elif kind == _EVENTS:
-                    n_rows += _wire_len(block[2])
+                    n_rows += _wire_len(block[4])
                     events.append(block)
                 else:
                     n_rows += _wire_len(block[1])
@@ -553,7 +625,7 @@ class _AggregateRecords(_Batched):
             yield from self._add((not group.startswith(_NO_KEY), record_blocks, events, partials), n_rows)
 
     def _compute_batch(self, pending):
-        # Records of different groups never share an id (copies share their route), so the batch is
+        # Records of different groups never share an id (copies share their group), so the batch is
         # de-duplicated and given its partial results as a whole.
         blocks = [b for _, record_blocks, _, _ in pending for b in record_blocks]
         records = Block.concat([b.drop(LINE) for b in blocks])  # nothing downstream needs the raw text
@@ -573,11 +645,11 @@ class _AggregateRecords(_Batched):
             for _, ids, values in partials:
                 rows = at[start:start + _wire_len(ids)]
                 start += len(rows)
-                for name, column in values.items():
+                for name, wire in values.items():
                     target = updates.get(name)
                     if target is None:
                         target = updates[name] = list(records.get(name))
-                    for i, value in zip(rows, column, strict=True):
+                    for i, value in zip(rows, column_values(wire), strict=True):
                         target[i] = value
         # Queries: the records of groups with a key (a record without one is alone with its partial results).
         keyed = np.array([has_key for has_key, _, _, _ in pending], dtype=bool)[record_group]
@@ -585,10 +657,12 @@ class _AggregateRecords(_Batched):
         if len(rows):
             parts = [part for _, _, events, _ in pending for part in events]
             groups = [g for g, (_, _, events, _) in enumerate(pending) for _ in events]
-            times = records.get(self._kg.query_time)
+            table = _KeyTable()
+            q_key = table.codes(*_key_codes(select(_keys(records, self._kg.key), rows)))
+            events = _event_blocks(self._kg, parts, groups, table)
             stats = _compute(
-                self._kg, _event_blocks(self._kg, parts, groups), select(times, rows), _id_array(records.get(ID), rows),
-                record_group[rows], self._window,
+                self._kg, _with_groups(events, len(table)), select(records.get(self._kg.query_time), rows),
+                _id_array(records.get(ID), rows), record_group[rows] * len(table) + q_key, self._window,
             )
             all_rows = len(rows) == len(records)
             for name, column in stats.items():

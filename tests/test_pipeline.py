@@ -312,20 +312,22 @@ def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
 
     from pipeline import windowing
     from pipeline.rows import Block, HexIds, PackedText
+    from pipeline.wire import pack_block, unpack_block
 
     ids = HexIds.of([f"{i:024x}" for i in range(300)])
     records = Block({"origin": ["JFK"] * 300, "dep_delay": [float(i % 7) for i in range(300)], "_id": ids,
                      "_line": PackedText.of([f"2015,1,1,AA,{i},JFK" for i in range(300)])}, 300)
-    blocks = [(0, records), (1, 0, (12, ids.raw), b"\x00" * 8 * 300, b"\x00" * 8 * 300)]
+    events = (1, 0, ["JFK"], b"\x00" * 4 * 300, (12, ids.raw), b"\x00" * 8 * 300, b"\x00" * 8 * 300)
+    blocks = [(0, pack_block(records)), events]
     raw = windowing._CODER.encode(blocks)
     packed = windowing._pack(blocks)
     assert packed[:1] == b"L" and len(packed) < len(raw) / 2
-    (kind, got), events = windowing._unpack(packed)
-    assert kind == 0 and list(got) == list(records) and events == blocks[1]
+    (kind, got), events_back = windowing._unpack(packed)
+    assert kind == 0 and list(unpack_block(got)) == list(records) and events_back == events
 
     monkeypatch.setattr(windowing, "_lz4", lambda: None)
     fallback = windowing._pack(blocks)
-    assert fallback[:1] == b"Z" and list(windowing._unpack(fallback)[0][1]) == list(records)
+    assert fallback[:1] == b"Z" and list(unpack_block(windowing._unpack(fallback)[0][1])) == list(records)
     with pytest.raises(RuntimeError, match="no LZ4"):
         windowing._unpack(packed)
     with pytest.raises(ValueError, match="not window group data"):

@@ -216,17 +216,28 @@ def test_window_groups_stay_the_same_size_when_the_input_grows_ten_times(tmp_pat
     assert largest_large <= 1.3 * largest_small, (largest_small, largest_large)
 
 
-def test_rows_group_by_key_and_bucket_whatever_the_keys_type():
-    """Text keys are coded by pyarrow, other keys (bytes among them, which pyarrow would turn into
-    text) one by one: either way each (key, bucket) gets exactly its rows, keys as they were."""
+def test_keys_are_coded_whatever_their_type_and_share_one_code_across_parts():
+    """Inside a time-bucket group the key separates events and queries. Text keys are coded by
+    pyarrow, other keys (bytes among them, which pyarrow would turn into text) one by one; a batch's
+    table gives a key one code whichever part (events, queries) and order it came in, and rows are
+    split by code in their order."""
     import numpy as np
 
-    from pipeline.windowing import _runs
+    from pipeline.windowing import _key_codes, _KeyTable, _split_by
 
-    def groups(keys, buckets):
-        return {group: rows.tolist() for group, rows in _runs(keys, np.array(buckets, dtype=np.int64))}
+    names, codes = _key_codes(["JFK", "LGA", "JFK", "JFK"])
+    assert [names[c] for c in codes] == ["JFK", "LGA", "JFK", "JFK"]
+    names, codes = _key_codes([b"JFK", "JFK", b"JFK"])
+    assert [names[c] for c in codes] == [b"JFK", "JFK", b"JFK"] and codes[0] != codes[1]
 
-    assert groups(["JFK", "LGA", "JFK", "JFK"], [5, 5, 5, 6]) == {("JFK", 5): [0, 2], ("LGA", 5): [1], ("JFK", 6): [3]}
-    assert groups([b"JFK", "JFK", b"JFK"], [1, 1, 1]) == {(b"JFK", 1): [0, 2], ("JFK", 1): [1]}
-    assert groups([7, 3, 7], [0, 0, 1]) == {(7, 0): [0], (3, 0): [1], (7, 1): [2]}
-    assert groups([], []) == {}
+    table = _KeyTable()
+    events = table.codes(["LGA", "JFK"], np.array([1, 0, 1], dtype=np.int32).tobytes())  # JFK, LGA, JFK
+    queries = table.codes(["JFK", "EWR", "LGA"], np.array([2, 0, 1], dtype=np.int64))  # LGA, JFK, EWR
+    assert table.names == ["LGA", "JFK", "EWR"] and len(table) == 3
+    assert events.tolist() == [1, 0, 1] and queries.tolist() == [0, 1, 2]
+    assert table.codes(["JFK"], b"").tolist() == []
+
+    split = {value: rows.tolist() for value, rows in _split_by(np.array([7, 3, 7, 7, 3]))}
+    assert split == {3: [1, 4], 7: [0, 2, 3]}
+    assert {v: r.tolist() for v, r in _split_by(np.array([5, 5]))} == {5: [0, 1]}
+    assert list(_split_by(np.array([], dtype=np.int64))) == []
