@@ -105,9 +105,13 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s, e
     counts = ccount[hi] - ccount[lo]
     n_events = (hi - lo).astype(np.int64)
     # Window sums: reduceat over the (lo, hi) pairs; an empty window gives a value, zeroed after.
+    # reduceat also sums each gap from one hi to the next lo (discarded): in order of lo the gaps
+    # add up to one pass over the events, in the queries' own order to as many passes as queries.
+    by_lo = np.argsort(lo, kind="stable")
     bounds = np.empty(2 * n_q, dtype=np.int64)
-    bounds[0::2], bounds[1::2] = lo, hi
-    sums = np.add.reduceat(np.vstack([filled, np.zeros((1, width))]), bounds, axis=0)[0::2]
+    bounds[0::2], bounds[1::2] = lo[by_lo], hi[by_lo]
+    sums = np.empty((n_q, width))
+    sums[by_lo] = np.add.reduceat(np.vstack([filled, np.zeros((1, width))]), bounds, axis=0)[0::2]
     sums[hi <= lo] = 0.0
     # A record is never its own past: remove its event where it falls inside its own window.
     codes, inverse = np.unique(np.concatenate([query_id, event_id[order]]), return_inverse=True)
