@@ -11,7 +11,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline import example_encoding
+from pipeline import example_encoding, wire  # noqa: F401 - wire registers the coders of Block and RecordBatch
 from pipeline.rows import Block, as_block
 
 
@@ -119,8 +119,8 @@ class ToRecordBatches(beam.PTransform):
     def expand(self, record_lists):
         return (
             record_lists
-            | "Rebatch" >> beam.ParDo(Rebatch(self._max))
-            | "ToArrow" >> beam.Map(to_record_batch, self._arrow_schema)
+            | "Rebatch" >> beam.ParDo(Rebatch(self._max)).with_output_types(Block)
+            | "ToArrow" >> beam.Map(to_record_batch, self._arrow_schema).with_output_types(pa.RecordBatch)
         )
 
 

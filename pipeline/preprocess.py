@@ -31,7 +31,7 @@ from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs
 from pipeline.options import UsageError, local_runner, parse_options, run_main
-from pipeline.rows import as_block
+from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
@@ -86,7 +86,7 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
     )
     by_split = windowed | "AssignSplit" >> beam.ParDo(
         SplitRecords(units, split_by, fractions), beam.pvalue.AsSingleton(n_coarse)
-    ).with_outputs(*SPLITS)
+    ).with_output_types(Block, **dict.fromkeys(SPLITS, Block)).with_outputs(*SPLITS)
 
     tfxio = tfxio_for(schema)
     arrow_schema = tfxio.ArrowSchema()
@@ -100,7 +100,7 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
         batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
         _ = (
             batches[split]
-            | f"EncodeRaw{name}Examples" >> beam.Map(framed_examples)
+            | f"EncodeRaw{name}Examples" >> beam.Map(framed_examples).with_output_types(bytes)
             | write_framed_tfrecords(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
         )
         # Counted per Arrow batch (the same rows), not per record: one element per batch.

@@ -9,7 +9,7 @@ import apache_beam as beam
 
 from pipeline import manifest
 from pipeline.io import ReadRawLines, parser_factory
-from pipeline.rows import EXCLUDED, REJECTED, ParseChunks, to_json_line
+from pipeline.rows import EXCLUDED, REJECTED, Block, ParseChunks, to_json_line
 from pipeline.windowing import ID, WindowChunks
 
 LINES = "lines"
@@ -41,7 +41,7 @@ class CleanAndWindow(beam.PTransform):
         lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
             ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled, ID)
-        ).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
+        ).with_output_types(Block).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
         windowed = parsed[RECORDS] | "DeduplicateAndAddWindowFeatures" >> WindowChunks(
             self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )

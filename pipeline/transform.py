@@ -213,7 +213,7 @@ class AnalyzeAndTransformSplits(beam.PTransform):
             )
             framed = transformed | f"Encode{name}Examples" >> beam.MapTuple(
                 lambda record_batch, _passthrough: framed_examples(record_batch)
-            )
+            ).with_output_types(bytes)
             _ = framed | write_framed_tfrecords(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
             outputs[split] = framed
         return outputs

@@ -728,7 +728,7 @@ class WindowChunks(beam.PTransform):
             grouped
             | "GroupByKeyAndTimeBucket" >> beam.GroupByKey()
             | "AggregateLookback"
-            >> beam.ParDo(_AggregateRecords(self._final, self._window)).with_outputs(REJECTED, main=RECORDS)
+            >> beam.ParDo(_AggregateRecords(self._final, self._window)).with_output_types(Block).with_outputs(REJECTED, main=RECORDS)
         )
 
 

