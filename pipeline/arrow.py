@@ -63,6 +63,9 @@ def _present_values(values, value_type):
     rows or None when all are), converted by pyarrow in one call; None where it would not take the
     column (then the caller converts the values one by one, which gives the same array or error)."""
     text = pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type)
+    packed = _packed_values(values, value_type, text)
+    if packed is not None:
+        return packed
     try:
         array = pa.array(values if isinstance(values, list) else list(values),
                          type=(pa.large_string() if pa.types.is_large_binary(value_type) else pa.string()) if text else value_type)
@@ -73,6 +76,31 @@ def _present_values(values, value_type):
     if not array.null_count:
         return array, None
     return array.drop_null(), array.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _packed_values(values, value_type, text: bool):
+    """:func:`_present_values` for a column the windowing's shuffle left packed (see
+    :mod:`pipeline.wire`): floats cast from their float64 array (float32 rounds as it does from a
+    Python float), int64 as it is, texts from their distinct values; None for any other pairing."""
+    if isinstance(values, wire.NumberColumn):
+        dtype = values.values.dtype
+        if dtype == np.float64 and pa.types.is_floating(value_type):
+            array = pa.array(values.values).cast(value_type)
+        elif dtype == np.int64 and pa.types.is_int64(value_type):
+            array = pa.array(values.values)
+        else:
+            return None
+        if values.missing is None:
+            return array, None
+        valid = ~values.missing
+        return array.filter(pa.array(valid)), valid
+    if isinstance(values, wire.TextColumn) and text:
+        names = pa.array(values.names, type=pa.large_string() if pa.types.is_large_binary(value_type) else pa.string())
+        array = names.take(pa.array(values.codes)).cast(value_type)
+        if not array.null_count:
+            return array, None
+        return array.drop_null(), array.is_valid().to_numpy(zero_copy_only=False)
+    return None
 
 
 class Rebatch(beam.DoFn):

@@ -66,11 +66,11 @@ class Block:
         """The rows at ``rows`` (indices), in that order."""
         if len(rows) == 1:
             i = rows[0]
-            return Block({k: v.take(rows) if isinstance(v, HexIds) else (v[i],) for k, v in self.columns.items()}, 1)
+            return Block({k: v.take(rows) if isinstance(v, PackedColumn) else (v[i],) for k, v in self.columns.items()}, 1)
         if not len(rows):
             return Block({k: () for k in self.columns}, 0)
         pick = operator.itemgetter(*rows)
-        return Block({k: v.take(rows) if isinstance(v, HexIds) else pick(v) for k, v in self.columns.items()}, len(rows))
+        return Block({k: v.take(rows) if isinstance(v, PackedColumn) else pick(v) for k, v in self.columns.items()}, len(rows))
 
     def slice(self, start: int, stop: int) -> Block:
         stop = min(stop, self.n)
@@ -93,12 +93,17 @@ class Block:
         columns = {}
         for k in names:
             parts = [b.get(k) for b in blocks]
-            columns[k] = HexIds.concat(parts) or list(itertools.chain.from_iterable(parts))
+            joined = type(parts[0]).concat(parts) if isinstance(parts[0], PackedColumn) else None
+            columns[k] = list(itertools.chain.from_iterable(parts)) if joined is None else joined
         return Block(columns, sum(b.n for b in blocks))
 
 
-class _PackedColumn(Sequence):
-    """A column kept in a compact form: equal to any sequence of the same values, never hashed."""
+class PackedColumn(Sequence):
+    """A column kept in a compact form: equal to any sequence of the same values, never hashed.
+
+    Block's ``take`` and ``concat`` keep a column packed where its class can (``take``, ``concat``);
+    a slice (``column[a:b]``) must give a column of the same class. Any other use reads values.
+    """
 
     __slots__ = ()
 
@@ -107,8 +112,17 @@ class _PackedColumn(Sequence):
 
     __hash__ = None
 
+    def take(self, rows: Sequence[int]) -> Sequence:
+        """The values at ``rows``; a list unless the class keeps them packed."""
+        return [self[i] for i in rows]
 
-class PackedText(_PackedColumn):
+    @staticmethod
+    def concat(parts: Sequence) -> Sequence | None:
+        """The parts one after the other, packed, where they all allow it; else None (Block lists them)."""
+        return None
+
+
+class PackedText(PackedColumn):
     """A column of texts (str or None), kept as one zlib-compressed buffer (their lengths, then their
     UTF-8 bytes) until a value is read.
 
@@ -162,7 +176,7 @@ class PackedText(_PackedColumn):
         return PackedText, (self._blob, self._n)
 
 
-class HexIds(_PackedColumn):
+class HexIds(PackedColumn):
     """A column of ids that are all lowercase hex strings of one even length (the record
     fingerprints), kept as their bytes: half the size on the wire, one object instead of one a
     row, and numpy reads them as fixed-width bytes (:meth:`array`) without a string being made.

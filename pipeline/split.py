@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 
 from pipeline.rows import Block, as_block
+from pipeline.wire import TextColumn
 
 SPLITS = ("train", "valid", "test")
 AUTO = "auto"
@@ -86,12 +87,22 @@ class SplitRecords(beam.DoFn):
         self._units, self._split_by, self._fractions = units, split_by, fractions
 
     def process(self, records, n_coarse_keys):
+        import numpy as np
+
         block = as_block(records)
         unit = self._units[choose_unit(list(self._units), self._split_by, n_coarse_keys)]
-        keys = unit_keys(unit, block)
-        split_of = {key: assign_split(key, self._fractions) for key in set(keys)}
-        by_split: dict[str, list] = {}
-        for i, key in enumerate(keys):
-            by_split.setdefault(split_of[key], []).append(i)
+        field = getattr(unit, "field", None)
+        column = None if field is None else block.get(field)
+        if isinstance(column, TextColumn):  # coded: a split per distinct value, then per row by numpy
+            of_name = [SPLITS.index(assign_split(unit({field: name}), self._fractions)) for name in column.names]
+            per_row = np.array(of_name, dtype=np.int64)[column.codes]
+            by_split = {split: np.flatnonzero(per_row == i) for i, split in enumerate(SPLITS)}
+        else:
+            keys = unit_keys(unit, block)
+            split_of = {key: assign_split(key, self._fractions) for key in set(keys)}
+            by_split = {}
+            for i, key in enumerate(keys):
+                by_split.setdefault(split_of[key], []).append(i)
         for split, rows in by_split.items():
-            yield beam.pvalue.TaggedOutput(split, block if len(rows) == len(block) else block.take(rows))
+            if len(rows):
+                yield beam.pvalue.TaggedOutput(split, block if len(rows) == len(block) else block.take(rows))

@@ -36,8 +36,8 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.columnar import encode, floats, select
-from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedText, as_block, dead_letter
-from pipeline.wire import column_values, column_wire, pack_block, unpack_block
+from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedColumn, PackedText, as_block, dead_letter
+from pipeline.wire import NumberColumn, TextColumn, column_values, column_wire, pack_block, unpack_block
 
 ID = "_id"
 RECORDS = "records"
@@ -176,9 +176,23 @@ def _keys(block: Block, key_field) -> Sequence:
     return (ALL_KEYS,) * len(block) if key_field is None else block.get(key_field)
 
 
+def _take(column: Sequence, rows: np.ndarray) -> Sequence:
+    """``column`` at ``rows``, kept packed where it is (see pipeline.wire)."""
+    return column.take(rows) if isinstance(column, PackedColumn) else select(column, rows)
+
+
+def _int64(column: Sequence) -> np.ndarray:
+    """Numbers (none missing) as int64, read from their array where they are packed."""
+    if isinstance(column, NumberColumn) and column.missing is None and column.values.dtype == np.int64:
+        return column.values
+    return np.asarray(column, dtype=np.int64)
+
+
 def _key_codes(keys: Sequence) -> tuple[list, np.ndarray]:
     """(the distinct keys, per row the index of its key among them): texts coded by pyarrow, keys of
     another type (a caller's bytes, which pyarrow would turn into text) one by one."""
+    if isinstance(keys, TextColumn):
+        return keys.names, keys.codes
     if len(keys) and set(map(type, keys)) == {str}:
         coded = encode(keys)
         return coded.values, coded.codes
@@ -385,7 +399,7 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, 
     """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (ids, times, values,
     groups) of event-time group j, each (group, id) once, or None; ``q_g`` the queries' groups
     (a query sees only the events of its own group)."""
-    q_t = np.asarray(q_t, dtype=np.int64)
+    q_t = _int64(q_t)
     out: dict[str, list] = {}
     for j, (_event_time, feats) in enumerate(kg.groups):
         if blocks[j] is None:
@@ -662,10 +676,10 @@ class _AggregateRecords(_Batched):
             parts = [part for _, _, events, _ in pending for part in events]
             groups = [g for g, (_, _, events, _) in enumerate(pending) for _ in events]
             table = _KeyTable()
-            q_key = table.codes(*_key_codes(select(_keys(records, self._kg.key), rows)))
+            q_key = table.codes(*_key_codes(_take(_keys(records, self._kg.key), rows)))
             events = _event_blocks(self._kg, parts, groups, table)
             stats = _compute(
-                self._kg, _with_groups(events, len(table)), select(records.get(self._kg.query_time), rows),
+                self._kg, _with_groups(events, len(table)), _take(records.get(self._kg.query_time), rows),
                 _id_array(records.get(ID), rows), record_group[rows] * len(table) + q_key, self._window,
             )
             all_rows = len(rows) == len(records)

@@ -20,24 +20,131 @@ windowing sends one block a chunk to each time bucket.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline.rows import Block, HexIds, PackedText
+from pipeline.rows import Block, HexIds, PackedColumn, PackedText
 
 _NONE = type(None)
 _NUMBERS = {float: ("f", pa.float64(), np.float64), int: ("i", pa.int64(), np.int64)}
 _DTYPES = {tag: dtype for tag, _, dtype in _NUMBERS.values()}
 
 
+class NumberColumn(PackedColumn):
+    """Numbers of one Python type (float or int) as a numpy array (float64 or int64), None where
+    ``missing`` (a bool array, or None when nothing is missing). Values are read as Python numbers,
+    made once for the whole column on first read; ``take``, slices and ``concat`` stay packed, and
+    :func:`pipeline.arrow.to_record_batch` reads the array itself."""
+
+    __slots__ = ("values", "missing", "_list")
+
+    def __init__(self, values: np.ndarray, missing: np.ndarray | None = None):
+        self.values = values
+        self.missing = missing if missing is not None and missing.any() else None
+        self._list: list | None = None
+
+    def _read(self) -> list:
+        if self._list is None:
+            values = self.values.tolist()
+            if self.missing is not None:
+                for i in np.flatnonzero(self.missing).tolist():
+                    values[i] = None
+            self._list = values
+        return self._list
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return NumberColumn(self.values[i], None if self.missing is None else self.missing[i])
+        return self._read()[i]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __contains__(self, value) -> bool:
+        if value is None:
+            return self.missing is not None
+        return value in self._read()
+
+    def take(self, rows) -> NumberColumn:
+        rows = np.asarray(rows, dtype=np.int64)
+        return NumberColumn(self.values[rows], None if self.missing is None else self.missing[rows])
+
+    @staticmethod
+    def concat(parts: Sequence) -> NumberColumn | None:
+        if not all(isinstance(p, NumberColumn) for p in parts) or len({p.values.dtype for p in parts}) != 1:
+            return None
+        missing = None
+        if any(p.missing is not None for p in parts):
+            missing = np.concatenate([np.zeros(len(p), dtype=bool) if p.missing is None else p.missing for p in parts])
+        return NumberColumn(np.concatenate([p.values for p in parts]), missing)
+
+    def __reduce__(self):
+        return NumberColumn, (self.values, self.missing)
+
+
+class TextColumn(PackedColumn):
+    """Texts (str, or None) dictionary-coded: the distinct values and an index into them a row. Read
+    as a list made once on first read; ``take``, slices and ``concat`` stay coded, and
+    :func:`pipeline.arrow.to_record_batch` converts the distinct values only."""
+
+    __slots__ = ("names", "codes", "_list")
+
+    def __init__(self, names: list, codes: np.ndarray):
+        self.names, self.codes = names, codes
+        self._list: list | None = None
+
+    def _read(self) -> list:
+        if self._list is None:
+            table = np.empty(len(self.names), dtype=object)
+            table[:] = self.names
+            self._list = table[self.codes].tolist()
+        return self._list
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return TextColumn(self.names, self.codes[i])
+        return self._read()[i]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __contains__(self, value) -> bool:
+        return value in self.names and bool(np.any(self.codes == self.names.index(value)))
+
+    def take(self, rows) -> TextColumn:
+        return TextColumn(self.names, self.codes[np.asarray(rows, dtype=np.int64)])
+
+    @staticmethod
+    def concat(parts: Sequence) -> TextColumn | None:
+        if not all(isinstance(p, TextColumn) for p in parts):
+            return None
+        table: dict = {}
+        codes = [np.fromiter((table.setdefault(n, len(table)) for n in p.names), dtype=np.int32, count=len(p.names))[p.codes]
+                 for p in parts]
+        return TextColumn(list(table), np.concatenate(codes))
+
+    def __reduce__(self):
+        return TextColumn, (self.names, self.codes)
+
+
 def column_wire(values: Sequence):
     """One column of a block, in the form it crosses a shuffle (see the module's docstring)."""
     if isinstance(values, HexIds | PackedText):
         return values
+    if isinstance(values, NumberColumn):
+        nulls = b"" if values.missing is None else np.flatnonzero(values.missing).astype(np.int64).tobytes()
+        return ("f" if values.values.dtype == np.float64 else "i", values.values.tobytes(), nulls)
+    if isinstance(values, TextColumn):
+        return ("s", values.names, values.codes.astype(np.int32).tobytes())
     kinds = set(map(type, values))
     kinds.discard(_NONE)
     if not kinds:
@@ -62,21 +169,22 @@ def column_wire(values: Sequence):
 
 
 def column_values(wire) -> Sequence:
-    """The column back from :func:`column_wire`: a list (HexIds and PackedText as they were)."""
+    """The column back from :func:`column_wire`: numbers as a :class:`NumberColumn`, texts as a
+    :class:`TextColumn`, HexIds and PackedText as they were, anything else as a list."""
     if not isinstance(wire, tuple):
         return wire
     tag = wire[0]
     if tag == "n":
         return [None] * wire[1]
     if tag in _DTYPES:
-        values = np.frombuffer(wire[1], dtype=_DTYPES[tag]).tolist()
-        for i in np.frombuffer(wire[2], dtype=np.int64).tolist():
-            values[i] = None
-        return values
+        values = np.frombuffer(wire[1], dtype=_DTYPES[tag])
+        missing = None
+        if wire[2]:
+            missing = np.zeros(len(values), dtype=bool)
+            missing[np.frombuffer(wire[2], dtype=np.int64)] = True
+        return NumberColumn(values, missing)
     if tag == "s":
-        table = np.empty(len(wire[1]), dtype=object)
-        table[:] = wire[1]
-        return table[np.frombuffer(wire[2], dtype=np.int32)].tolist()
+        return TextColumn(list(wire[1]), np.frombuffer(wire[2], dtype=np.int32))
     if tag == "o":
         return wire[1]
     raise ValueError(f"not a column wire (tag {tag!r})")
@@ -134,13 +242,16 @@ class BlockCoder(beam.coders.Coder):
 
 
 class RecordBatchCoder(beam.coders.Coder):
-    """Arrow record batches, pickled (Arrow's own buffers) as Beam's fallback would, sized by their buffers."""
+    """Arrow record batches as an Arrow IPC stream (no pickling), sized by their buffers."""
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
-        return pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
 
     def decode(self, data: bytes) -> pa.RecordBatch:
-        return pickle.loads(data)  # noqa: S301 - our own elements, between a pipeline's stages
+        return pa.ipc.open_stream(data).read_next_batch()
 
     def estimate_size(self, batch: pa.RecordBatch) -> int:
         return batch.nbytes
