@@ -241,3 +241,28 @@ def test_keys_are_coded_whatever_their_type_and_share_one_code_across_parts():
     assert split == {3: [1, 4], 7: [0, 2, 3]}
     assert {v: r.tolist() for v, r in _split_by(np.array([5, 5]))} == {5: [0, 1]}
     assert list(_split_by(np.array([], dtype=np.int64))) == []
+
+
+def test_id_codes_match_ids_across_arrays_and_sort_as_the_ids_even_when_prefixes_collide():
+    """Ids are coded once per batch by their first 8 bytes; two different ids sharing those bytes
+    must still get two codes, in the order of the full ids, and text ids mix with fingerprints."""
+    import numpy as np
+
+    from pipeline.windowing import _id_codes
+
+    def s12(*hexes):
+        return np.frombuffer(bytes.fromhex("".join(hexes)), dtype="S12")
+
+    a = s12("ff" * 12, "00" * 12, "0102030405060708090a0b0c")
+    b = s12("0102030405060708090a0b0c", "ff" * 12)
+    ca, cb = _id_codes([a, b])
+    assert ca.tolist() == [2, 0, 1] and cb.tolist() == [1, 2]  # the same id, the same code, in id order
+
+    same_prefix = s12("0102030405060708" + "ffffffff", "0102030405060708" + "00000000", "0102030405060708" + "ffffffff")
+    (codes,) = _id_codes([same_prefix])
+    assert codes.tolist() == [1, 0, 1]
+
+    empty, (c,) = _id_codes([np.array([]), a])[0], _id_codes([a])
+    assert len(empty) == 0 and c.tolist() == [2, 0, 1]
+    text, hexed = _id_codes([np.array(["r1", "ffffffffffffffffffffffff"]), a])
+    assert text[1] == hexed[0] and len({*text.tolist(), *hexed.tolist()}) == 4
