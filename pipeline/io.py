@@ -8,7 +8,9 @@ the parser's job, so a non-UTF-8 line becomes a rejected row instead of a crashe
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -135,18 +137,41 @@ def read_lines(rng: ReadRange, chunk_lines: int = CHUNK_LINES):
             pos = rng.start - 1 + len(f.readline())
         if rng.skip_header:
             pos += len(f.readline())
-        chunk = []
-        while rng.end is None or pos < rng.end:
-            line = f.readline()
-            if not line:
+        chunk: list[bytes] = []
+        for lines in _line_blocks(f):
+            if rng.end is not None:  # only the lines that start before the range's end
+                starts = list(itertools.accumulate(map(len, lines), initial=pos))
+                keep = bisect.bisect_left(starts, rng.end, hi=len(lines))
+                pos = starts[keep]
+                lines = lines[:keep]
+            chunk.extend(lines)
+            while len(chunk) >= chunk_lines:
+                yield rng.path, chunk[:chunk_lines]
+                chunk = chunk[chunk_lines:]
+            if rng.end is not None and pos >= rng.end:
                 break
-            pos += len(line)
-            chunk.append(line)
-            if len(chunk) >= chunk_lines:
-                yield rng.path, chunk
-                chunk = []
         if chunk:
             yield rng.path, chunk
+
+
+READ_BYTES = 1 << 20
+
+
+def _line_blocks(f, read_bytes: int | None = None):
+    """The rest of file ``f`` as lists of lines (ends kept, a last line without one as it is), read
+    ``read_bytes`` at a time and cut at b"\n" only, what ``readline`` gives line by line (whose cost
+    a line, in Beam's compressed files, was a second a million lines)."""
+    rest = b""
+    while True:
+        data = f.read(read_bytes or READ_BYTES)
+        if not data:
+            if rest:
+                yield [rest]
+            return
+        parts = (rest + data).split(b"\n")
+        rest = parts.pop()
+        if parts:
+            yield [part + b"\n" for part in parts]
 
 
 class ReadRawLines(beam.PTransform):

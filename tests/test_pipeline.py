@@ -261,10 +261,15 @@ def test_output_dir_is_never_mixed_with_a_previous_run(tmp_path):
 
 
 # ------------------------------------------------------------------ reading in ranges and chunks
+@pytest.mark.parametrize("read_bytes", [1, 3, 1 << 20])
 @pytest.mark.parametrize("range_bytes", [1, 2, 5, 7, 11, 16, 1000])
-def test_byte_ranges_read_every_line_once_whatever_the_cut(tmp_path, range_bytes):
+def test_byte_ranges_read_every_line_once_whatever_the_cut(tmp_path, monkeypatch, range_bytes, read_bytes):
     """A range owns the lines that start in it: a cut inside a line, just before or just after a line
-    end, or on the header gives each line to exactly one range; only the first range skips the header."""
+    end, or on the header gives each line to exactly one range; only the first range skips the header.
+    Lines are read in blocks of ``read_bytes``, which may end anywhere in a line."""
+    from pipeline import io
+
+    monkeypatch.setattr(io, "READ_BYTES", read_bytes)
     lines = [b"H1,H2\n", b"a,1\n", b"\n", b"bb,22\r\n", b"c,3\n", b"dddd,4444\n", b"e,5"]  # an empty line, CRLF, no final newline
     path = tmp_path / "f.csv"
     path.write_bytes(b"".join(lines))
@@ -282,6 +287,7 @@ def test_a_compressed_file_is_one_range_read_in_chunks(tmp_path):
     chunks = [chunk for _, chunk in read_lines(rng, chunk_lines=10)]
     assert [len(c) for c in chunks] == [10, 10, 5]
     assert chunks[2][-1] == b"24\n"
+    assert [line for c in chunks for line in c] == [b"%d\n" % i for i in range(25)]
 
 
 def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
