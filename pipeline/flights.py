@@ -500,7 +500,7 @@ WINDOW_FEATURES = (
     WindowFeature("avg_taxi_out", key="origin", event_time="wheels_off_ts", query_time="pred_ts", value="taxi_out"),
     WindowFeature("avg_arr_delay", key="dest", event_time="arr_ts", query_time="pred_ts", value="arr_delay"),
 )
-WINDOW_BUCKET_SECONDS = 86400  # (airport, UTC day) groups, the previous day's last hour as context
+WINDOW_BUCKET_SECONDS = 86400  # UTC-day groups (all airports, told apart inside), the previous day's last hour as context
 
 
 @split_unit("fl_date")

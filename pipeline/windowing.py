@@ -4,11 +4,16 @@ For each record (the *query*) at its prediction time ``t`` and each :class:`Wind
 statistic is taken over the *events* of other records with the same key whose event time lies in
 ``[t - window, t)``: strictly before ``t``, never the record itself, zeros included.
 
-Scaling: events and queries are grouped by ``(key, time bucket)``. An event is also sent to the
-following buckets that its window reaches (the "context rows"), so each group holds at most one
-bucket of queries plus ``window`` of earlier events: no hot key holding a year, no side input
-holding all events. Inside a group the work is a sort, a cumulative sum and two
-``numpy.searchsorted`` calls per event time.
+Scaling: events and queries are grouped by time bucket (flights: the UTC day, every airport of it;
+taxi: the UTC hour of all NYC), and inside a group the key (the airport) separates them: a query
+sees only its own key's events. An event is also sent to the following buckets that its window
+reaches (the "context rows"), so each group holds at most one bucket of queries plus ``window`` of
+earlier events: no hot key holding a year, no side input holding all events, and a group's size is
+set by the bucket, not by the input's length. Inside a group the work is a sort, a cumulative sum
+and two ``numpy.searchsorted`` calls per event time. Groups of a whole bucket rather than of one
+key and bucket are what makes the elements large: a chunk of 10,000 flights sends one element to
+the day it covers instead of one to each of ~300 airports (about 20 rows each), and the runner's
+and the coder's costs per element and per column vanish.
 
 Shuffles: the features sharing a key field and query time form a key group (flights: the origin's
 departure delay and taxi-out, and the destination's arrival delay). The records themselves travel
@@ -17,7 +22,8 @@ computed from columnar blocks of its events and queries, and its results are sen
 record goes, so no join by id is needed afterwards.
 
 Elements are columnar blocks, never single rows: each block of records sends one element per
-(key, bucket) it touches, with arrays of event ids, times and values. The runner's cost per
+bucket it touches, with arrays of event keys, ids, times and values, and the records as column
+buffers (:mod:`pipeline.wire`), which come out of the shuffle still packed. The runner's cost per
 element, which dominated a row-by-row graph, is paid per block. The groups a worker receives are
 computed a batch at a time (numpy's cost per call, not per row, is what small groups spend most
 on), each group's sums from its own values only. Exact copies of a record share their
@@ -148,7 +154,7 @@ _RECORDS, _EVENTS, _QUERIES, _PARTIALS = 0, 1, 2, 3
 
 @dataclasses.dataclass(frozen=True)
 class _KeyGroup:
-    """The features sharing a key field and a query time, split by event time: one group by key and bucket."""
+    """The features sharing a key field and a query time, split by event time: one shuffle by time bucket."""
 
     key: str | None
     query_time: str
@@ -514,7 +520,7 @@ def _first_of_each(ids: np.ndarray, group: np.ndarray) -> np.ndarray:
 
 
 class _Batched(beam.DoFn):
-    """Collects the (key, bucket) groups of a bundle and computes them together, ``batch_rows`` rows
+    """Collects the time-bucket groups of a bundle and computes them together, ``batch_rows`` rows
     at a time: numpy's cost per call, not per row, is what small groups spend most on."""
 
     batch_rows = 50_000

