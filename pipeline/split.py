@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 
 from pipeline.rows import Block, as_block
 from pipeline.wire import TextColumn
@@ -87,8 +88,6 @@ class SplitRecords(beam.DoFn):
         self._units, self._split_by, self._fractions = units, split_by, fractions
 
     def process(self, records, n_coarse_keys):
-        import numpy as np
-
         block = as_block(records)
         unit = self._units[choose_unit(list(self._units), self._split_by, n_coarse_keys)]
         field = getattr(unit, "field", None)

@@ -309,13 +309,6 @@ def _from_wire(wires: Sequence) -> np.ndarray:
     return np.array([x for w in wires for x in (_hex_list(w) if isinstance(w, tuple) else w)])
 
 
-def _comparable(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two id arrays in one representation: bytes of one width where both are, else strings."""
-    if a.dtype.kind == b.dtype.kind == "S" and a.dtype.itemsize == b.dtype.itemsize:
-        return a, b
-    return tuple(np.array(_hex_list((x.dtype.itemsize, x.tobytes()))) if x.dtype.kind == "S" else x for x in (a, b))
-
-
 _CODER = beam.coders.FastPrimitivesCoder()
 
 
@@ -404,9 +397,10 @@ def _emit_events(block: Block, keys, kg: _KeyGroup, window_s: int, bucket_s: int
 
 
 def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, list]:
-    """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (ids, times, values,
-    groups) of event-time group j, each (group, id) once, or None; ``q_g`` the queries' groups
-    (a query sees only the events of its own group)."""
+    """name -> per query value, for every feature of ``kg``; ``blocks[j]`` is (id codes, times,
+    values, groups) of event-time group j, each (group, id) once, or None; ``q_id`` the queries' id
+    codes (:func:`_id_codes`, shared with the events'), ``q_g`` their groups (a query sees only the
+    events of its own group)."""
     q_t = _int64(q_t)
     out: dict[str, list] = {}
     for j, (_event_time, feats) in enumerate(kg.groups):
@@ -416,11 +410,10 @@ def _compute(kg: _KeyGroup, blocks, q_t, q_id, q_g, window_s: int) -> dict[str, 
             n_events = np.zeros(len(q_t), dtype=np.int64)
         else:
             ids, times, values, groups = blocks[j]
-            ids, q_ids = _comparable(ids, q_id)
             # Group numbers made small (one code for each group present), whatever the keys and batch.
             _, codes = np.unique(np.concatenate([q_g, groups]), return_inverse=True)
             codes = codes.reshape(-1)
-            sums, counts, n_events = window_stats(times, ids, values, q_t, q_ids, window_s, codes[len(q_g):], codes[:len(q_g)])
+            sums, counts, n_events = window_stats(times, ids, values, q_t, q_id, window_s, codes[len(q_g):], codes[:len(q_g)])
         for k, f in enumerate(feats):
             if f.statistic == "count":
                 out[f.name] = n_events.tolist()
