@@ -166,6 +166,11 @@ class PackedText(PackedColumn):
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def nbytes(self) -> int:
+        """The size of the packed buffer (what crosses a shuffle), without unpacking it."""
+        return len(self._blob)
+
     def __getitem__(self, i):
         return self._unpacked()[i]
 

@@ -216,7 +216,7 @@ def estimated_bytes(block: Block) -> int:
         if isinstance(column, HexIds):
             size += len(column.raw)
         elif isinstance(column, PackedText):
-            size += len(column._blob)  # noqa: SLF001 - its buffer's size, without unpacking it
+            size += column.nbytes
         else:
             size += 8 * len(column)
     return size

@@ -92,7 +92,7 @@ def test_blocks_and_record_batches_have_coders_that_size_them_without_encoding(m
     assert isinstance(coder, wire.BlockCoder)
     assert list(coder.decode(coder.encode(block))) == list(block)
     monkeypatch.setattr(wire, "pack_block", lambda _: pytest.fail("sizing a block encoded it"))
-    assert coder.get_impl().estimate_size(block) == 12 * 4 + 8 * 4 + 8 * 4 + len(block.columns["_line"]._blob)
+    assert coder.get_impl().estimate_size(block) == 12 * 4 + 8 * 4 + 8 * 4 + block.columns["_line"].nbytes
 
     batch = pa.RecordBatch.from_pydict({"x": [[1.0], [], [2.5]], "s": [[b"a"], [b"b"], []]})
     batch_coder = beam.coders.registry.get_coder(pa.RecordBatch)
