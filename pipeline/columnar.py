@@ -195,6 +195,35 @@ def floats(values: Sequence) -> np.ndarray:
     return np.fromiter((nan if v is None else v for v in values), dtype=np.float64, count=len(values))
 
 
+def packed(column: Coded, rows: np.ndarray) -> Sequence:
+    """The column's values at ``rows``, in the packed form the window shuffle carries them in
+    (:mod:`pipeline.wire`): a :class:`~pipeline.wire.TextColumn` where every value is a text or
+    None, a :class:`~pipeline.wire.NumberColumn` where every value is a float or None (some float);
+    else, and where every value is None, a list. The values read back as themselves, types
+    included, with a call per distinct value instead of per row."""
+    from pipeline.wire import NumberColumn, TextColumn
+
+    used, codes = np.unique(column.codes[rows], return_inverse=True)
+    codes = codes.reshape(-1)
+    values = [column.values[i] for i in used.tolist()]
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if kinds == {str}:
+        return TextColumn(values, codes.astype(np.int32))
+    if kinds == {float}:
+        missing = np.array([v is None for v in values], dtype=bool)
+        table = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+        return NumberColumn(table[codes], missing[codes] if missing.any() else None)
+    return Coded(values, codes).rows()
+
+
+def take(column: Sequence, rows) -> Sequence:
+    """``column`` at ``rows``, kept packed where it is (see pipeline.wire)."""
+    from pipeline.rows import PackedColumn
+
+    return column.take(rows) if isinstance(column, PackedColumn) else select(column, rows)
+
+
 def select(values: Sequence, rows: np.ndarray) -> list:
     """``values`` at ``rows`` (indices: a list or a numpy array), as a list."""
     if isinstance(rows, np.ndarray):

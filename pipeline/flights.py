@@ -37,12 +37,13 @@ from pipeline.airports import (
     utc_to_local_string,
     utc_to_local_string_many,
 )
-from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, required, select
+from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, required, select, take
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
 from pipeline.rows import Exclude, Reject
 from pipeline.split import split_unit
 from pipeline.windowing import WindowFeature
+from pipeline.wire import NumberColumn
 from schemas import transformed_name
 from schemas.flights import (
     CATEGORICAL_FEATURES,
@@ -292,8 +293,9 @@ def _place(field: str, airports: dict):
 
 
 def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.ndarray, labelled: bool = True):
-    """The records :func:`canonical_flight` gives for the rows it vouches for, as columns, and those
-    rows' indices; the others (``ok`` False, updated in place) are the row parser's.
+    """The records :func:`canonical_flight` gives for the rows it vouches for, as columns (packed where
+    the values allow, see :func:`pipeline.columnar.packed`), and those rows' indices; the others
+    (``ok`` False, updated in place) are the row parser's.
 
     ``columns`` maps each raw column read to its ``n`` texts (or their :class:`Coded`); ``ok`` is
     False for rows already known to need the row parser.
@@ -362,16 +364,22 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.
 
     rows = np.flatnonzero(ok)
     m = len(rows)
-    org, dst = origin.rows(rows), dest.rows(rows)
+    # Packed columns (pipeline.wire) where the values allow: the windowing carries them across its shuffle
+    # as they are, instead of turning lists back into arrays. Each reads back as the list it replaces.
+    def number(x: np.ndarray, missing: np.ndarray | None = None) -> NumberColumn:
+        gaps = None if missing is None else missing[rows]
+        return NumberColumn(x[rows], gaps if gaps is not None and gaps.any() else None)
+
     values = {
-        "fl_date": fl_date.rows(rows), "flight_number": flight_number.rows(rows), "carrier": carrier.rows(rows),
-        "origin": [a[0] for a in org], "dest": [a[0] for a in dst], "dep_delay": dep_delay.rows(rows),
-        "taxi_out": taxi_out.rows(rows), "distance": distance.rows(rows), "dep_lat": [a[1] for a in org],
-        "dep_lon": [a[2] for a in org], "arr_lat": [a[1] for a in dst], "arr_lon": [a[2] for a in dst],
-        "dep_time_local": select(dep_local, rows), "arr_delay": arr_delay.rows(rows),
-        LABEL_KEY: (ad[rows] < ONTIME_THRESHOLD_MINUTES).astype(np.int64).tolist(), "dep_ts": dep_ts[rows].tolist(),
-        "wheels_off_ts": [w if h else None for w, h in zip(wheels_off[rows].tolist(), has_taxi[rows].tolist(), strict=True)],
-        "arr_ts": arr_ts[rows].tolist(), "pred_ts": pred_ts[rows].tolist(),
+        "fl_date": packed(fl_date, rows), "flight_number": packed(flight_number, rows),
+        "carrier": packed(carrier, rows), "origin": packed(origin.map(lambda a: place(a)[0]), rows),
+        "dest": packed(dest.map(lambda a: place(a)[0]), rows), "dep_delay": packed(dep_delay, rows),
+        "taxi_out": packed(taxi_out, rows), "distance": packed(distance, rows),
+        "dep_lat": packed(origin.map(lambda a: place(a)[1]), rows), "dep_lon": packed(origin.map(lambda a: place(a)[2]), rows),
+        "arr_lat": packed(dest.map(lambda a: place(a)[1]), rows), "arr_lon": packed(dest.map(lambda a: place(a)[2]), rows),
+        "dep_time_local": select(dep_local, rows), "arr_delay": packed(arr_delay, rows),
+        LABEL_KEY: NumberColumn((ad[rows] < ONTIME_THRESHOLD_MINUTES).astype(np.int64)), "dep_ts": number(dep_ts),
+        "wheels_off_ts": number(wheels_off, ~has_taxi), "arr_ts": number(arr_ts), "pred_ts": number(pred_ts),
         "avg_dep_delay": [None] * m, "avg_arr_delay": [None] * m, "avg_taxi_out": [None] * m,
     }
     numeric = {"dep_delay": dd[rows], "arr_delay": ad[rows], "taxi_out": taxi[rows], "dep_ts": dep_ts[rows],
@@ -380,7 +388,7 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.
     if not good.all():
         ok[rows[~good]] = False
         keep = np.flatnonzero(good)
-        values = {k: select(v, keep) for k, v in values.items()}
+        values = {k: take(v, keep) for k, v in values.items()}
         rows = rows[keep]
     return {k: values[k] for k in _KEYS}, rows.tolist()
 

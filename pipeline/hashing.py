@@ -101,8 +101,20 @@ def _float_holds(integer) -> bool:
 
 
 def _column_hashes(values):
-    """Both lanes' hashes of every value of a column: vectorized where pyarrow reads the column as
-    texts or numbers (per distinct text, per number), value by value otherwise."""
+    """Both lanes' hashes of every value of a column: vectorized where the column is packed
+    (:mod:`pipeline.wire`) or pyarrow reads it as texts or numbers (per distinct text, per number),
+    value by value otherwise."""
+    from pipeline.wire import NumberColumn, TextColumn
+
+    if isinstance(values, TextColumn):
+        return tuple(lane[values.codes] for lane in _text_lanes(pa.array(values.names, type=pa.string())))
+    if isinstance(values, NumberColumn):
+        present = None if values.missing is None else ~values.missing
+        filled = values.values if present is None else np.where(present, values.values, 0)
+        hashes = _number_hashes(filled, present, values.values.dtype == np.int64)
+        if hashes is not None:
+            return hashes
+        values = list(values)
     n = len(values)
     try:
         array = pa.array(values if isinstance(values, list) else list(values))
@@ -110,26 +122,41 @@ def _column_hashes(values):
         array = None
     kind = None if array is None else array.type
     if kind is not None and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        coded = array.dictionary_encode()
-        codes = coded.indices.fill_null(len(coded.dictionary)).to_numpy(zero_copy_only=False)
-        return tuple(np.append(lane, np.uint64(none))[codes] for lane, none in zip(_text_hashes(coded.dictionary), _NONE_HASH, strict=True))
+        return _text_lanes(array)
     if kind is not None and (pa.types.is_float64(kind) or pa.types.is_int64(kind) or pa.types.is_boolean(kind)):
         present = array.is_valid().to_numpy(zero_copy_only=False)
         filled = array.fill_null(False if pa.types.is_boolean(kind) else 0).to_numpy(zero_copy_only=False)
-        x = filled.astype(np.float64)
-        if pa.types.is_int64(kind):
-            with np.errstate(invalid="ignore"):
-                exact = (np.abs(x) < 2.0**63) & (x.astype(np.int64) == filled)
-        if not pa.types.is_int64(kind) or exact.all():  # else an integer float64 does not hold: value by value
-            a, b = _float_hashes(x)
-            if not present.all():
-                a[~present], b[~present] = _NONE_HASH
-            return a, b
+        hashes = _number_hashes(filled, present, pa.types.is_int64(kind))
+        if hashes is not None:
+            return hashes
     if kind is not None and pa.types.is_null(kind):
         return np.full(n, _NONE_HASH[0], dtype=np.uint64), np.full(n, _NONE_HASH[1], dtype=np.uint64)
     table = {}
     pairs = np.array([_cached_hash(table, v) for v in values], dtype=np.uint64).reshape(-1, 2)
     return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+def _text_lanes(texts) -> tuple:
+    """Both lanes' hashes of each value of a pyarrow string array (None: its own constant), hashed
+    once per distinct text."""
+    coded = texts.dictionary_encode()
+    codes = coded.indices.fill_null(len(coded.dictionary)).to_numpy(zero_copy_only=False)
+    return tuple(np.append(lane, np.uint64(none))[codes] for lane, none in zip(_text_hashes(coded.dictionary), _NONE_HASH, strict=True))
+
+
+def _number_hashes(filled: np.ndarray, present: np.ndarray | None, integers: bool):
+    """Both lanes' hashes of numbers (``filled``: any value where ``present`` is False), or None
+    where an integer has no exact float64 (the caller then hashes value by value)."""
+    x = filled.astype(np.float64)
+    if integers:
+        with np.errstate(invalid="ignore"):
+            exact = (np.abs(x) < 2.0**63) & (x.astype(np.int64) == filled)
+        if not exact.all():
+            return None
+    a, b = _float_hashes(x)
+    if present is not None and not present.all():
+        a[~present], b[~present] = _NONE_HASH
+    return a, b
 
 
 def _cached_hash(table: dict, value):

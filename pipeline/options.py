@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 DATASETS = ("flights", "taxi")
@@ -34,13 +37,59 @@ class PreprocessOptions(PipelineOptions):
         )
 
 
+class _Options(PipelineOptions):
+    """``PipelineOptions`` whose views are made once per options class.
+
+    Beam asks the pipeline's options for a view (``view_as(TypeOptions)``) several times for every
+    transform it applies, type-checks and translates, and each view builds an argparse parser and
+    parses every flag again: about a second of building a graph of ~800 transforms. A view holds no
+    values of its own (all views share ``_all_options``), so one view per class reads and writes
+    exactly what a new one would. The views are not pickled or copied with the options.
+    """
+
+    def view_as(self, cls):
+        views = self.__dict__.setdefault("_views", {})
+        if cls not in views:
+            views[cls] = super().view_as(cls)
+        return views[cls]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "_views" in state:
+            state = {k: v for k, v in state.items() if k != "_views"}
+        return state
+
+
 class UsageError(ValueError):
     """A flag is missing or wrong; the message says which and what to do."""
 
 
+_BEAM_FLAGS = (
+    "Beam's own flags pass through to Beam: --runner (DirectRunner, the default, or DataflowRunner), "
+    "--direct_running_mode, --direct_num_workers, --project, --region, --temp_location, --setup_file, ... "
+    "(run_dataflow.sh fills in the Dataflow ones)."
+)
+
+
+def beam_options(argv, *views: type[PipelineOptions], prog: str) -> PipelineOptions:
+    """``argv`` (None: the command line) as Beam options whose views are made once per class.
+
+    ``-h``/``--help`` prints the flags of ``views`` and exits: Beam's own parser would print an empty
+    usage line, since its options are views that each parse only their own flags.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in args or "--help" in args:
+        parser = argparse.ArgumentParser(prog=prog, epilog=_BEAM_FLAGS)
+        for view in views:
+            view._add_argparse_args(parser)  # noqa: SLF001 - Beam's hook for a view's flags
+        parser.print_help()
+        raise SystemExit(0)
+    return _Options(args)
+
+
 def parse_options(argv=None) -> tuple[PipelineOptions, PreprocessOptions]:
     """Parses argv into (all options for Beam, our view); validates ours without running anything."""
-    options = PipelineOptions(argv)
+    options = beam_options(argv, PreprocessOptions, prog="python -m pipeline.preprocess")
     ours = options.view_as(PreprocessOptions)
     if not ours.dataset:
         raise UsageError(f"--dataset is required: one of {', '.join(DATASETS)}")

@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import manifest
 from pipeline.arrow import Rebatch, encode_examples, tfxio_for, to_record_batch
 from pipeline.io import plan_inputs
-from pipeline.options import PreprocessOptions, UsageError, local_runner, run_main
+from pipeline.options import PreprocessOptions, UsageError, beam_options, local_runner, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 
@@ -147,7 +147,7 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
 def run(argv=None) -> dict:
     from apache_beam.io.filesystems import FileSystems
 
-    options = PipelineOptions(argv)
+    options = beam_options(argv, PreprocessOptions, PredictOptions, prog="python -m pipeline.predict")
     ours = options.view_as(PreprocessOptions)
     predict_options = options.view_as(PredictOptions)
     model_dir = predict_options.model_dir

@@ -123,7 +123,7 @@ class PackedColumn(Sequence):
 
 
 class PackedText(PackedColumn):
-    """A column of texts (str or None), kept as one zlib-compressed buffer (their lengths, then their
+    """A column of texts (str or None), kept as one zstd-compressed buffer (their lengths, then their
     UTF-8 bytes) until a value is read.
 
     For a column that must travel with its records but is seldom read: the raw line of each record
@@ -140,18 +140,20 @@ class PackedText(PackedColumn):
     @classmethod
     def of(cls, texts: Sequence) -> PackedText:
         import array
-        import zlib
+
+        from pipeline.compression import compress
 
         encoded = [b"" if t is None else t.encode("utf-8") for t in texts]
         lengths = array.array("q", (-1 if t is None else len(e) for t, e in zip(texts, encoded, strict=True)))
-        return cls(zlib.compress(lengths.tobytes() + b"".join(encoded), 1), len(lengths))
+        return cls(compress(lengths.tobytes() + b"".join(encoded), "zstd"), len(lengths))
 
     def _unpacked(self) -> list:
         if self._values is None:
             import array
-            import zlib
 
-            data, lengths = zlib.decompress(self._blob), array.array("q")
+            from pipeline.compression import decompress
+
+            data, lengths = decompress(self._blob), array.array("q")
             lengths.frombytes(data[:8 * self._n])
             values, at = [], 8 * self._n
             for n in lengths:
@@ -428,8 +430,13 @@ class ParseChunks(ParseRows):
         except Exception:  # a bug in the fast path must not lose rows: the row parser takes the chunk
             logger.exception("block parser failed on a chunk of %s; parsing it row by row", source)
             return None, set()
+        import numpy as np
+
+        from pipeline.wire import TextColumn
+
         block = Block(
-            {**columns, SOURCE: [source] * len(rows), LINE: [texts[j] for j in rows]}, len(rows)
+            {**columns, SOURCE: TextColumn([source], np.zeros(len(rows), dtype=np.int32)), LINE: [texts[j] for j in rows]},
+            len(rows),
         )
         block = block.replace(**{self._id_field: fingerprints(block, self._columns)})
         return block, {at[j] for j in rows}

@@ -20,6 +20,7 @@ windowing sends one block a chunk to each time bucket.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -125,12 +126,22 @@ class TextColumn(PackedColumn):
 
     @staticmethod
     def concat(parts: Sequence) -> TextColumn | None:
-        if not all(isinstance(p, TextColumn) for p in parts):
+        if not parts or not all(isinstance(p, TextColumn) for p in parts):
             return None
-        table: dict = {}
-        codes = [np.fromiter((table.setdefault(n, len(table)) for n in p.names), dtype=np.int32, count=len(p.names))[p.codes]
-                 for p in parts]
-        return TextColumn(list(table), np.concatenate(codes))
+        # One dictionary for all: pyarrow codes every part's names at once, in the order they first occur.
+        names = list(itertools.chain.from_iterable(p.names for p in parts))
+        try:
+            coded = pa.array(names, type=pa.string()).dictionary_encode(null_encoding="encode")
+        except (pa.ArrowException, TypeError):  # not texts after all: Python's equality decides
+            table: dict = {}
+            unified = np.fromiter((table.setdefault(n, len(table)) for n in names), dtype=np.int32, count=len(names))
+            table_names = list(table)
+        else:
+            unified = coded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+            table_names = coded.dictionary.to_pylist()
+        starts = np.cumsum([0] + [len(p.names) for p in parts[:-1]])
+        codes = [unified[start:][p.codes] for start, p in zip(starts.tolist(), parts, strict=True)]
+        return TextColumn(table_names, np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32))
 
     def __reduce__(self):
         return TextColumn, (self.names, self.codes)

@@ -47,6 +47,7 @@ def assert_same(layout: str, header: str, lines: list[str]) -> tuple[int, int]:
     assert set(fast) <= set(slow), [lines[i] for i in set(fast) - set(slow)][:3]
     for i, record in fast.items():
         assert list(record.items()) == list(slow[i].items()), lines[i]
+        assert [type(v) for v in record.values()] == [type(v) for v in slow[i].values()], lines[i]  # 1 == 1.0
     return len(fast), len(slow)
 
 

@@ -172,6 +172,32 @@ def test_options_validate_ours_and_pass_beams_through():
         parse_options(["--dataset", "flights", "--output_dir", "/x", "--window_minutes", "0"])
 
 
+def test_help_lists_our_flags_and_options_views_are_made_once(capsys):
+    """--help shows the flags (Beam's parser alone printed an empty usage line); a view of a class is
+    made once and shares its values with every other view, and none travels with a copy or pickle."""
+    import copy
+    import pickle
+
+    from apache_beam.options.pipeline_options import StandardOptions, TypeOptions
+
+    from pipeline.options import PreprocessOptions
+
+    with pytest.raises(SystemExit) as exited:
+        parse_options(["--help"])
+    shown = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "--window_minutes" in shown and "--split_by" in shown and "--runner" in shown
+
+    options, ours = parse_options(["--dataset", "taxi", "--output_dir", "/tmp/x", "--no_pipeline_type_check"])
+    assert options.view_as(TypeOptions) is options.view_as(TypeOptions)
+    assert options.view_as(TypeOptions).pipeline_type_check is False
+    options.view_as(StandardOptions).streaming = True  # a value set through one view is seen by the others
+    assert options.get_all_options()["streaming"] is True and ours is options.view_as(PreprocessOptions)
+    for other in (copy.deepcopy(options), pickle.loads(pickle.dumps(options))):
+        assert "_views" not in other.__dict__
+        assert other.view_as(StandardOptions).streaming is True and other.view_as(PreprocessOptions).dataset == "taxi"
+
+
 def test_inputs_are_planned_per_file_with_gzip_and_layout_detection(tmp_path):
     _plan(tmp_path, [bts_row()], "a.csv")
     with gzip.open(tmp_path / "b.csv.gz", "wt") as f:
@@ -305,6 +331,7 @@ def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
         assert copy._values is None and len(copy) == 5  # not unpacked by being moved
         assert list(copy) == texts and copy[3] == texts[3] and copy[1:3] == [None, ""]
     assert len(_CODER.encode(PackedText.of(["2015,1,1,AA,100,JFK,LAX,0005"] * 1000))) < 1000  # compressed
+    assert packed._blob[:1] == b"S"  # zstd
     block = Block({"k": [1, 2, 3, 4, 5], "_line": PackedText.of(texts)}, 5)
     assert [r["_line"] for r in block.take([3, 0])] == [texts[3], texts[0]]
     assert list(Block.concat([block.slice(0, 2), block]).get("_line")) == texts[:2] + texts
@@ -312,11 +339,11 @@ def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
 
 
 def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
-    """A window group's element: the blocks as the runner's coder writes them, compressed (LZ4, or
-    zlib where pyarrow lacks LZ4); either comes back the same, and anything else is refused."""
+    """A window group's element: the blocks as the runner's coder writes them, compressed (zstd, or
+    zlib where pyarrow lacks zstd); either comes back the same, and anything else is refused."""
     import pytest
 
-    from pipeline import windowing
+    from pipeline import compression, windowing
     from pipeline.rows import Block, HexIds, PackedText
     from pipeline.wire import pack_block, unpack_block
 
@@ -327,17 +354,39 @@ def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
     blocks = [(0, pack_block(records)), events]
     raw = windowing._CODER.encode(blocks)
     packed = windowing._pack(blocks)
-    assert packed[:1] == b"L" and len(packed) < len(raw) / 2
+    assert packed[:1] == b"S" and len(packed) < len(raw) / 2
     (kind, got), events_back = windowing._unpack(packed)
     assert kind == 0 and list(unpack_block(got)) == list(records) and events_back == events
 
-    monkeypatch.setattr(windowing, "_lz4", lambda: None)
+    monkeypatch.setattr(compression, "_codec", lambda name: None)  # a pyarrow built without zstd
     fallback = windowing._pack(blocks)
-    assert fallback[:1] == b"Z" and list(unpack_block(windowing._unpack(fallback)[0][1])) == list(records)
-    with pytest.raises(RuntimeError, match="no LZ4"):
+    lines = PackedText.of(["2015,1,1,AA", None])
+    assert fallback[:1] == b"Z" and lines._blob[:1] == b"Z" and list(lines) == ["2015,1,1,AA", None]
+    with pytest.raises(RuntimeError, match="zstd-compressed, and this worker's pyarrow has no zstd"):
         windowing._unpack(packed)
+    monkeypatch.undo()  # the records' raw lines were packed with zstd before
+    assert list(unpack_block(windowing._unpack(fallback)[0][1])) == list(records)
     with pytest.raises(ValueError, match="not window group data"):
         windowing._unpack(raw)
+
+
+def test_compressed_buffers_name_their_codec():
+    """Each codec's buffer comes back whole, empty and incompressible data included, whichever codec
+    wrote it; zstd is the smaller on raw flight lines; a buffer of another origin is refused."""
+    import os
+
+    import pytest
+
+    from pipeline.compression import compress, decompress
+
+    lines = "".join(f"2015,1,{1 + i % 28},AA,{100 + i},JFK,LAX,{i % 2400:04d},-3.0,12.0\n" for i in range(2000)).encode()
+    for data in (b"", b"x", os.urandom(5000), lines):
+        for codec in ("zstd", "lz4"):
+            blob = compress(data, codec)
+            assert blob[:1] == {"zstd": b"S", "lz4": b"L"}[codec] and decompress(blob) == data
+    assert len(compress(lines, "zstd")) < len(compress(lines, "lz4")) < len(lines) / 3
+    with pytest.raises(ValueError, match="not a compressed buffer"):
+        decompress(b"Xabc")
 
 
 def test_tfrecord_framing_is_byte_for_byte_beams(tmp_path):

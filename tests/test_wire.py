@@ -169,6 +169,48 @@ def test_packed_columns_stay_packed_through_take_slice_and_concat_and_read_as_th
     assert list(back) == list(as_lists)
 
 
+def test_text_columns_concat_into_one_dictionary_in_order_of_first_occurrence():
+    """Rebatching joins many parts with thousands of distinct texts each: one dictionary for all,
+    coded by pyarrow, names in the order they first occur (as the dict-per-name it replaced gave),
+    None and non-ASCII texts kept; a part whose names are not texts falls back to Python's equality."""
+    import numpy as np
+
+    from pipeline.wire import TextColumn
+
+    a = TextColumn(["JFK", None, "é"], np.array([2, 0, 1, 0], dtype=np.int32))
+    b = TextColumn(["LGA", "é", "JFK"], np.array([0, 1, 2], dtype=np.int32))
+    c = TextColumn([None, "ORD"], np.array([1, 1, 0], dtype=np.int64))
+    joined = TextColumn.concat([a, b, c.take([2, 0])])
+    assert joined.names == ["JFK", None, "é", "LGA", "ORD"]
+    assert list(joined) == ["é", "JFK", None, "JFK", "LGA", "é", "JFK", None, "ORD"]
+    assert joined.codes.dtype == np.int32 and TextColumn.concat([]) is None
+    odd = TextColumn.concat([TextColumn([1, "x"], np.array([1, 0])), TextColumn(["x", 1], np.array([0, 1]))])
+    assert list(odd) == ["x", 1, "x", 1] and odd.names == [1, "x"]
+
+
+def test_packed_columns_hash_as_their_values_do():
+    """Record ids must not depend on how a column is held: the parser now hands packed columns to
+    the fingerprints, the row parser lists. Texts with None and non-ASCII, floats with -0.0, NaN and
+    gaps, integers with gaps (whatever sits under a gap) and one beyond float64's exact range."""
+    import numpy as np
+
+    from pipeline.hashing import row_ids
+    from pipeline.wire import NumberColumn, TextColumn
+
+    columns = [
+        (TextColumn(["JFK", None, "é"], np.array([0, 1, 2, 0, 1], dtype=np.int32)), ["JFK", None, "é", "JFK", None]),
+        (NumberColumn(np.array([1.5, -0.0, np.nan, 0.0, 7.0]), np.array([False, False, False, False, True])),
+         [1.5, -0.0, float("nan"), 0.0, None]),
+        (NumberColumn(np.array([3, 99, 5, -4, 0], dtype=np.int64), np.array([False, True, False, False, True])),
+         [3, None, 5, -4, None]),
+        (NumberColumn(np.array([2**62 + 1, 1, 2, 3, 4], dtype=np.int64)), [2**62 + 1, 1, 2, 3, 4]),
+    ]
+    for packed, values in columns:
+        assert row_ids([packed], 5) == row_ids([values], 5)
+    assert row_ids([p for p, _ in columns], 5) == row_ids([v for _, v in columns], 5)
+    assert len(set(np.frombuffer(row_ids([columns[2][0]], 5), dtype="S12").tolist())) == 4  # 5 != 3, gaps alike
+
+
 def test_packed_columns_become_the_same_arrow_batch_as_lists():
     """to_record_batch reads packed columns' arrays directly: the batch equals the one made from the
     same values as lists (floats to float32 bit for bit, None as an empty list, texts as bytes)."""
