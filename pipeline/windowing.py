@@ -346,16 +346,8 @@ def _present(*columns) -> list[int]:
     if not gaps:
         return list(range(len(columns[0])))
     if all(isinstance(c, NumberColumn | TextColumn) for c in gaps):
-        return np.flatnonzero(np.logical_and.reduce([_has_value(c) for c in gaps])).tolist()
+        return np.flatnonzero(np.logical_and.reduce([c.present() for c in gaps])).tolist()
     return [i for i, values in enumerate(zip(*gaps, strict=True)) if None not in values]
-
-
-def _has_value(column: NumberColumn | TextColumn) -> np.ndarray:
-    """Per row of a packed column: whether it holds a value (not None)."""
-    if isinstance(column, NumberColumn):
-        return np.ones(len(column), dtype=bool) if column.missing is None else ~column.missing
-    none = [i for i, name in enumerate(column.names) if name is None]
-    return np.ones(len(column), dtype=bool) if not none else ~np.isin(column.codes, none)
 
 
 def _floats(column: Sequence) -> np.ndarray:

@@ -72,6 +72,10 @@ class NumberColumn(PackedColumn):
             return self.missing is not None
         return value in self._read()
 
+    def present(self) -> np.ndarray:
+        """Per row: whether it holds a value (not None)."""
+        return np.ones(len(self), dtype=bool) if self.missing is None else ~self.missing
+
     def take(self, rows) -> NumberColumn:
         rows = np.asarray(rows, dtype=np.int64)
         return NumberColumn(self.values[rows], None if self.missing is None else self.missing[rows])
@@ -120,6 +124,11 @@ class TextColumn(PackedColumn):
 
     def __contains__(self, value) -> bool:
         return value in self.names and bool(np.any(self.codes == self.names.index(value)))
+
+    def present(self) -> np.ndarray:
+        """Per row: whether it holds a value (not None)."""
+        none = [i for i, name in enumerate(self.names) if name is None]
+        return np.ones(len(self), dtype=bool) if not none else ~np.isin(self.codes, none)
 
     def take(self, rows) -> TextColumn:
         return TextColumn(self.names, self.codes[np.asarray(rows, dtype=np.int64)])

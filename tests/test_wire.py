@@ -163,6 +163,8 @@ def test_packed_columns_stay_packed_through_take_slice_and_concat_and_read_as_th
     assert isinstance(Block.concat([block, block]).columns["f"], NumberColumn)
     assert None in floats and None in texts and None not in block.take([0, 3]).columns["f"] and "LGA" in texts
     assert "EWR" not in texts and 2.0 in floats
+    assert floats.present().tolist() == [True, False, True, True] and texts.present().tolist() == [True, False, True, True]
+    assert block.take([0, 3]).columns["t"].present().all() and ints.take([0, 1]).present().all()
     assert [type(v) for v in ints if v is not None] == [int, int, int]
     assert floats == [1.5, None, -0.0, 2.0] and floats[1] is None and texts[2] == "LGA"
     back = pickle.loads(pickle.dumps(block))
