@@ -29,7 +29,6 @@ import zipfile
 
 import numpy as np
 
-from pipeline import features as fx
 from pipeline.airports import (
     load_airports,
     local_to_utc,
@@ -529,6 +528,8 @@ SPLIT_UNITS = {"day": _flight_day, "hour": _departure_hour}
 # ---------------------------------------------------------------- tensorflow-transform
 def preprocessing_fn(inputs):
     """Raw flight features -> model inputs. Analysed on the train split only."""
+    from pipeline import features as fx  # TensorFlow: imported where the graph is built, not by a parse helper
+
     out = {}
     for name in NUMERIC_FEATURES:
         out[transformed_name(name)] = fx.z_score(inputs[name])

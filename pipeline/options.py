@@ -35,6 +35,14 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--overwrite", action="store_true", help="delete a non-empty --output_dir first instead of refusing"
         )
+        parser.add_argument(
+            "--helper_processes",
+            type=int,
+            default=None,
+            help="processes beside DirectRunner's in-memory mode that parse lines and encode examples "
+            "(pipeline.offload); default: one per core beyond the first for an input of 8 MB or more, "
+            "none with other runners; 0: none",
+        )
 
 
 class _Options(PipelineOptions):
@@ -97,6 +105,8 @@ def parse_options(argv=None) -> tuple[PipelineOptions, PreprocessOptions]:
         raise UsageError("--output_dir is required")
     if ours.window_minutes <= 0:
         raise UsageError("--window_minutes must be positive")
+    if ours.helper_processes is not None and ours.helper_processes < 0:
+        raise UsageError("--helper_processes must be 0 or more")
     return options, ours
 
 

@@ -29,7 +29,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
-from pipeline.io import plan_inputs
+from pipeline.io import plan_inputs, single_process
+from pipeline.offload import auto_helpers, helpers_started, offload_map
 from pipeline.options import UsageError, local_runner, parse_options, run_main
 from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
@@ -67,11 +68,13 @@ def delete_tree(path: str) -> None:
         FileSystems.delete([path.rstrip("/") + "/"])
 
 
-def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: int, fractions, split_by: str) -> None:
+def build(
+    p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: int, fractions, split_by: str, helpers: int = 0
+) -> None:
     """Wires the graph; must run inside ``tft_beam.Context``."""
     schema = dataset.SCHEMA
     optional = [n for n in schema.example_columns if not schema.columns[n].required]
-    cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s)
+    cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s, helpers=helpers)
     lines, windowed = cleaned[LINES], cleaned[RECORDS]
     units = dataset.SPLIT_UNITS
     coarsest = next(iter(units.values()))
@@ -100,12 +103,12 @@ def build(p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: i
         batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
         _ = (
             batches[split]
-            | f"EncodeRaw{name}Examples" >> beam.Map(framed_examples).with_output_types(bytes)
+            | f"EncodeRaw{name}Examples" >> offload_map(framed_examples, helpers).with_output_types(bytes)
             | write_framed_tfrecords(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
         )
         # Counted per Arrow batch (the same rows), not per record: one element per batch.
         count_keys.append(batches[split] | f"Count{name}" >> beam.FlatMap(manifest.batch_split_keys, split, optional))
-    _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(dataset.preprocessing_fn, tfxio, output_dir)
+    _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(dataset.preprocessing_fn, tfxio, output_dir, helpers)
 
     count_keys.append(cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir))
     _ = count_keys | "FlattenCounts" >> beam.Flatten() | "WriteCounts" >> manifest.WriteCounts(output_dir)
@@ -129,11 +132,12 @@ def run(argv=None) -> dict:
     prepare_output_dir(output_dir, ours.overwrite)
     temp_dir = os.path.join(output_dir, "_tmp")
 
+    helpers = auto_helpers(ours.helper_processes, single_process(options), sum(f.size for f in plan))
     started = time.time()
-    logger.info("preprocessing %s: %d input files -> %s", ours.dataset, len(plan), output_dir)
-    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+    logger.info("preprocessing %s: %d input files -> %s (%d helper processes)", ours.dataset, len(plan), output_dir, helpers)
+    with helpers_started(helpers), beam.Pipeline(runner=local_runner(options), options=options) as p:
         with tft_beam.Context(temp_dir=temp_dir):
-            build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by)
+            build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by, helpers)
     wall = time.time() - started
 
     summary = manifest.summarize(manifest.read_counts(output_dir), SPLITS)

@@ -17,6 +17,8 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipeline.offload import HelpedDoFn
+
 logger = logging.getLogger(__name__)
 
 REJECTED = "rejected"
@@ -364,7 +366,7 @@ class ParseRows(beam.DoFn):
         yield record
 
 
-class ParseChunks(ParseRows):
+class ParseChunks(HelpedDoFn, ParseRows):
     """(source, [line, ...]) -> one :class:`Block` of canonical records per chunk, with
     ``rejected``/``excluded`` entries as ParseRows gives them, one by one.
 
@@ -374,36 +376,63 @@ class ParseChunks(ParseRows):
     row parser only the rows it cannot vouch for.
     """
 
-    def __init__(self, make_parser, schema, labelled: bool = True, id_field: str = "_id"):
+    def __init__(self, make_parser, schema, labelled: bool = True, id_field: str = "_id", helpers: int = 0):
         super().__init__(make_parser, schema, labelled)
         self._id_field = id_field
         self._columns = tuple(schema.columns)
         self._blocks: dict[str, Callable | None] = {}
         self._block_rows = beam.metrics.Metrics.counter("parse", "block_rows")
+        self.helpers = helpers  # parse_chunk in helper processes (pipeline.offload.HelpedDoFn)
+
+    def helped_fn(self):
+        return self.parse_chunk
 
     def process(self, element):
+        if self._offload is None:
+            yield from self._outputs(self.parse_chunk(element))
+            return
+        for parsed in self._offload.put(element):
+            yield from self._outputs(parsed)
+
+    def finish_bundle(self):
+        if self._offload is not None:
+            from pipeline.offload import in_global_window
+
+            for parsed in self._offload.drain():
+                yield from map(in_global_window, self._outputs(parsed))
+
+    def _outputs(self, parsed):
+        block, dead_letters, counts, block_rows = parsed
+        for tag, entry in dead_letters:
+            yield beam.pvalue.TaggedOutput(tag, entry)
+        for tag, n in counts.items():
+            self._counters[tag].inc(n)
+        self._block_rows.inc(block_rows)
+        if block is not None:
+            yield block
+
+    def parse_chunk(self, element) -> tuple[Block | None, list, dict, int]:
+        """(source, [line, ...]) -> (the block of its records or None, [(tag, dead letter), ...],
+        counts by tag, rows the block parser took). Pure, with no Beam output or metric, so that a
+        helper process can run it (:mod:`pipeline.offload`)."""
         source, lines = element
         fast, taken = self._parse_block(source, lines)
         counts = {"rows": 0, REJECTED: 0, EXCLUDED: 0}
-        records = []
+        records, dead_letters = [], []
         for i, raw in enumerate(lines):
             if i in taken:
                 continue
             for out in self._process((source, raw)):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     counts[out.tag] += 1
-                    yield out
+                    dead_letters.append((out.tag, out.value))
                 else:
                     records.append(out)
         slow = Block.from_records(records)
         slow = slow.replace(**{self._id_field: fingerprints(slow, self._columns)})
         block = Block.concat([fast, slow]) if fast is not None else slow
         counts["rows"] = len(block)
-        for tag, n in counts.items():
-            self._counters[tag].inc(n)
-        self._block_rows.inc(len(taken))
-        if len(block):
-            yield block
+        return (block if len(block) else None), dead_letters, counts, len(taken)
 
     def _parse_block(self, source: str, lines) -> tuple[Block | None, set]:
         """The block of the lines the layout's block parser took, and their indices in ``lines``;

@@ -45,7 +45,6 @@ import math
 import re
 from zoneinfo import ZoneInfo
 
-from pipeline import features as fx
 from pipeline.airports import local_to_utc, utc_to_local_string
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import InputError, Layout
@@ -441,6 +440,8 @@ SPLIT_UNITS = {"pickup_time": pickup_time_key}
 def preprocessing_fn(inputs):
     """Raw trip features -> model inputs. Analysed on the train split only."""
     import tensorflow as tf
+
+    from pipeline import features as fx  # TensorFlow: imported where the graph is built, not by a parse helper
 
     out = {}
     for name in NUMERIC_FEATURES:

@@ -18,6 +18,7 @@ from apache_beam.io import filebasedsink
 
 from pipeline.arrow import encode_examples
 from pipeline.example_encoding import Unsupported, encode_flat
+from pipeline.offload import offload_map
 
 TFRECORD_SUFFIX = ".tfrecord.gz"
 _U64 = struct.Struct("<Q").pack
@@ -39,6 +40,12 @@ def framed_examples(record_batch) -> bytes:
     except Unsupported:
         return frame_tfrecords(encode_examples(record_batch))
     return _frame_in_place(buffer, starts, ends)
+
+
+def framed_transformed_examples(element) -> bytes:
+    """:func:`framed_examples` of a ``TransformDataset`` output: (record batch, passthrough features)."""
+    record_batch, _passthrough = element
+    return framed_examples(record_batch)
 
 
 def _frame_in_place(buffer, starts, ends) -> bytes:
@@ -186,11 +193,12 @@ class AnalyzeAndTransformSplits(beam.PTransform):
     examples framed as TFRecords (see :func:`framed_examples`).
     """
 
-    def __init__(self, preprocessing_fn: Callable, tfxio, output_dir: str):
+    def __init__(self, preprocessing_fn: Callable, tfxio, output_dir: str, helpers: int = 0):
         super().__init__()
         self._preprocessing_fn = preprocessing_fn
         self._tfxio = tfxio
         self._output_dir = output_dir
+        self._helpers = helpers
 
     def expand(self, batches_by_split: Mapping[str, beam.PCollection]):
         import tensorflow_transform.beam as tft_beam
@@ -211,8 +219,8 @@ class AnalyzeAndTransformSplits(beam.PTransform):
             transformed, _ = ((batches, config), transform_fn) | f"Transform{name}Data" >> tft_beam.TransformDataset(
                 output_record_batches=True
             )
-            framed = transformed | f"Encode{name}Examples" >> beam.MapTuple(
-                lambda record_batch, _passthrough: framed_examples(record_batch)
+            framed = transformed | f"Encode{name}Examples" >> offload_map(
+                framed_transformed_examples, self._helpers
             ).with_output_types(bytes)
             _ = framed | write_framed_tfrecords(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
             outputs[split] = framed

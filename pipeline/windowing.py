@@ -41,6 +41,7 @@ import numpy as np
 
 from pipeline.columnar import encode, floats, select, take
 from pipeline.compression import compress, decompress
+from pipeline.offload import HelpedDoFn
 from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedText, as_block, dead_letter
 from pipeline.wire import NumberColumn, TextColumn, column_values, column_wire, pack_block, unpack_block
 
@@ -504,11 +505,14 @@ def _first_of_each(ids: np.ndarray, group: np.ndarray) -> np.ndarray:
     return first
 
 
-class _Batched(beam.DoFn):
+class _Batched(HelpedDoFn, beam.DoFn):
     """Collects the time-bucket groups of a bundle and computes them together, ``batch_rows`` rows
     at a time: numpy's cost per call, not per row, is what small groups spend most on."""
 
-    batch_rows = 50_000
+    batch_rows = 50_000  # helpers: processes for the batches' computation (HelpedDoFn), set by WindowChunks
+
+    def helped_fn(self):
+        return self._computed
 
     def start_bundle(self):
         self._pending, self._rows = [], 0
@@ -521,17 +525,25 @@ class _Batched(beam.DoFn):
 
     def _flush(self):
         pending, self._pending, self._rows = self._pending, [], 0
-        if pending:
+        if not pending:
+            return
+        if self._offload is None:
             yield from self._compute_batch(pending)
+        else:
+            for outputs in self._offload.put(pending):
+                yield from outputs
+
+    def _computed(self, pending) -> list:
+        """The outputs of a batch as a list: what a helper process computes and sends back."""
+        return list(self._compute_batch(pending))
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
+        from pipeline.offload import in_global_window
 
-        for out in self._flush():
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value_at_end_of_window(out.value))
-            else:
-                yield GlobalWindows.windowed_value_at_end_of_window(out)
+        yield from map(in_global_window, self._flush())
+        if self._offload is not None:
+            for outputs in self._offload.drain():
+                yield from map(in_global_window, outputs)
 
 
 class _EmitEventsAndQueries(beam.DoFn):
@@ -745,8 +757,9 @@ class WindowChunks(beam.PTransform):
     ``pipeline.rows.ParseChunks``), which are de-duplicated here, where they meet anyway.
     """
 
-    def __init__(self, features: Sequence[WindowFeature], window_s: int, bucket_s: int = 86400):
+    def __init__(self, features: Sequence[WindowFeature], window_s: int, bucket_s: int = 86400, helpers: int = 0):
         super().__init__()
+        self._helpers = helpers
         if window_s <= 0:
             raise ValueError("window must be positive")
         self._features = list(features)
@@ -777,15 +790,21 @@ class WindowChunks(beam.PTransform):
                 | f"EmitEventsAndQueries_{kg.label}"
                 >> beam.ParDo(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket))
                 | f"GroupByKeyAndTimeBucket_{kg.label}" >> beam.GroupByKey()
-                | f"AggregateLookback_{kg.label}" >> beam.ParDo(_AggregateQueries(kg, self._window)).with_output_types(keyed)
+                | f"AggregateLookback_{kg.label}" >> beam.ParDo(self._helped(_AggregateQueries(kg, self._window))).with_output_types(keyed)
             )
         grouped = to_final | "FlattenRecordsAndResults" >> beam.Flatten() if len(to_final) > 1 else to_final[0]
         return (
             grouped
             | "GroupByKeyAndTimeBucket" >> beam.GroupByKey()
             | "AggregateLookback"
-            >> beam.ParDo(_AggregateRecords(self._final, self._window)).with_output_types(Block).with_outputs(REJECTED, main=RECORDS)
+            >> beam.ParDo(self._helped(_AggregateRecords(self._final, self._window)))
+            .with_output_types(Block)
+            .with_outputs(REJECTED, main=RECORDS)
         )
+
+    def _helped(self, dofn: _Batched) -> _Batched:
+        dofn.helpers = self._helpers
+        return dofn
 
 
 def _duplicate_id(entry):
