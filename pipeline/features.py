@@ -89,8 +89,6 @@ def vocabulary(x, name: str):
     row (its ``_flatten_value_to_list``) for a per-key count: at 1M flights that was three
     vocabularies of ~700k elements each through a FlatMap and a combine.
     """
-    values = x.values if isinstance(x, (tf.sparse.SparseTensor, tf.RaggedTensor)) else x
-    if isinstance(x, tf.RaggedTensor):
-        values = x.flat_values
+    values = x.values if isinstance(x, tf.sparse.SparseTensor) else x  # one weight per token, as tft flattens them
     weights = tf.ones_like(values, dtype=tf.float32)
     return tft.compute_and_apply_vocabulary(x, num_oov_buckets=1, vocab_filename=name, weights=weights)

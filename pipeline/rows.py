@@ -17,7 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.offload import HelpedDoFn
+from pipeline.offload import HelpedDoFn, in_global_window
 
 logger = logging.getLogger(__name__)
 
@@ -396,8 +396,6 @@ class ParseChunks(HelpedDoFn, ParseRows):
 
     def finish_bundle(self):
         if self._offload is not None:
-            from pipeline.offload import in_global_window
-
             for parsed in self._offload.drain():
                 yield from map(in_global_window, self._outputs(parsed))
 
