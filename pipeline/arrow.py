@@ -103,11 +103,20 @@ def _packed_values(values, value_type, text: bool):
     return None
 
 
-class Rebatch(beam.DoFn):
-    """Blocks (or lists) of records of any sizes -> blocks of up to ``max_rows`` records, within each bundle."""
+def parts_to_record_batch(parts, arrow_schema: pa.Schema) -> pa.RecordBatch:
+    """:func:`to_record_batch` of blocks joined (the parts of one batch, as :class:`Rebatch` gives
+    them with ``joined=False``)."""
+    return to_record_batch(Block.concat(parts), arrow_schema)
 
-    def __init__(self, max_rows: int):
+
+class Rebatch(beam.DoFn):
+    """Blocks (or lists) of records of any sizes -> blocks of ``max_rows`` records within each bundle,
+    the last of a bundle smaller; ``joined=False``: each batch as the list of its parts (slices of
+    the blocks that came in), to be joined where that costs less, e.g. in a helper process."""
+
+    def __init__(self, max_rows: int, joined: bool = True):
         self._max = max_rows
+        self._joined = joined
         self._buffer: list[Block] = []
         self._rows = 0
 
@@ -116,39 +125,56 @@ class Rebatch(beam.DoFn):
 
     def process(self, records):
         block = as_block(records)
+        if not len(block):
+            return
         self._buffer.append(block)
         self._rows += len(block)
-        if self._rows < self._max:
-            return
-        merged = Block.concat(self._buffer)
-        start = 0
-        while merged.n - start >= self._max:
-            yield merged.slice(start, start + self._max)
-            start += self._max
-        rest = merged.slice(start, merged.n)
-        self._buffer, self._rows = [rest], len(rest)
+        while self._rows >= self._max:
+            parts, need = [], self._max
+            while need:
+                head = self._buffer[0]
+                if len(head) <= need:
+                    parts.append(self._buffer.pop(0))
+                    need -= len(head)
+                else:
+                    parts.append(head.slice(0, need))
+                    self._buffer[0] = head.slice(need, len(head))
+                    need = 0
+            self._rows -= self._max
+            yield self._batch(parts)
 
     def finish_bundle(self):
         from apache_beam.transforms import window
 
         if self._rows:
-            yield window.GlobalWindows.windowed_value_at_end_of_window(Block.concat(self._buffer))
+            yield window.GlobalWindows.windowed_value_at_end_of_window(self._batch(self._buffer))
         self._buffer, self._rows = [], 0
+
+    def _batch(self, parts: list[Block]):
+        return Block.concat(parts) if self._joined else parts
 
 
 class ToRecordBatches(beam.PTransform):
-    """PCollection of record blocks (or lists) -> PCollection[pa.RecordBatch] with ``arrow_schema``'s columns."""
+    """PCollection of record blocks (or lists) -> PCollection[pa.RecordBatch] with ``arrow_schema``'s
+    columns, of ``max_batch_size`` rows (the last of a bundle fewer); ``helpers``: processes that join
+    the parts and convert them (:mod:`pipeline.offload`)."""
 
-    def __init__(self, arrow_schema: pa.Schema, max_batch_size: int = 4096):
+    def __init__(self, arrow_schema: pa.Schema, max_batch_size: int = 4096, helpers: int = 0):
         super().__init__()
         self._arrow_schema = arrow_schema
         self._max = max_batch_size
+        self._helpers = helpers
 
     def expand(self, record_lists):
+        import functools
+
+        from pipeline.offload import offload_map
+
+        convert = functools.partial(parts_to_record_batch, arrow_schema=self._arrow_schema)
         return (
             record_lists
-            | "Rebatch" >> beam.ParDo(Rebatch(self._max)).with_output_types(Block)
-            | "ToArrow" >> beam.Map(to_record_batch, self._arrow_schema).with_output_types(pa.RecordBatch)
+            | "Rebatch" >> beam.ParDo(Rebatch(self._max, joined=False)).with_output_types(list[Block])
+            | "ToArrow" >> offload_map(convert, self._helpers).with_output_types(pa.RecordBatch)
         )
 
 

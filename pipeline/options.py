@@ -141,6 +141,23 @@ def local_runner(options: PipelineOptions):
     )
 
 
+def exit_now(code: int):
+    """Ends a command that has finished, with exit status ``code``: the exit handlers run (logging's
+    flush among them) and the standard streams are flushed as at any exit, but the interpreter's
+    teardown is skipped, which with TensorFlow loaded takes 1 to 1.5 s and does nothing a finished
+    run needs (every output file is closed when the pipeline ends)."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()  # noqa: SLF001 - what a normal exit runs first
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to flush
+            pass
+    os._exit(code)
+
+
 def run_main(run, argv=None) -> int:
     """Entry-point wrapper: logging set up here only, and a usage or input error is one line and exit 2."""
     import logging

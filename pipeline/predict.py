@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -29,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import manifest
 from pipeline.arrow import Rebatch, encode_examples, tfxio_for, to_record_batch
 from pipeline.io import plan_inputs
-from pipeline.options import PreprocessOptions, UsageError, beam_options, local_runner, run_main
+from pipeline.options import PreprocessOptions, UsageError, beam_options, exit_now, local_runner, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 
@@ -196,4 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -21,7 +21,6 @@ import gc
 import importlib
 import logging
 import os
-import sys
 import time
 
 import apache_beam as beam
@@ -31,7 +30,7 @@ from pipeline import manifest
 from pipeline.arrow import ToRecordBatches, tfxio_for
 from pipeline.io import plan_inputs, single_process
 from pipeline.offload import auto_helpers, helpers_started, offload_map
-from pipeline.options import UsageError, local_runner, parse_options, run_main
+from pipeline.options import UsageError, exit_now, local_runner, parse_options, run_main
 from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
@@ -100,7 +99,7 @@ def build(
     ]
     for split in SPLITS:
         name = split.capitalize()
-        batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
+        batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema, helpers=helpers)
         _ = (
             batches[split]
             | f"EncodeRaw{name}Examples" >> offload_map(framed_examples, helpers).with_output_types(bytes)
@@ -199,4 +198,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

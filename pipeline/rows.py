@@ -17,7 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.offload import HelpedDoFn, in_global_window
+from pipeline.offload import HelpedDoFn
 
 logger = logging.getLogger(__name__)
 
@@ -388,18 +388,12 @@ class ParseChunks(HelpedDoFn, ParseRows):
         return self.parse_chunk
 
     def process(self, element):
-        if self._offload is None:
-            yield from self._outputs(self.parse_chunk(element))
-            return
-        for parsed in self._offload.put(element):
-            yield from self._outputs(parsed)
+        yield from self.offer(element)
 
     def finish_bundle(self):
-        if self._offload is not None:
-            for parsed in self._offload.drain():
-                yield from map(in_global_window, self._outputs(parsed))
+        yield from self.drained()
 
-    def _outputs(self, parsed):
+    def outputs_of(self, parsed):
         block, dead_letters, counts, block_rows = parsed
         for tag, entry in dead_letters:
             yield beam.pvalue.TaggedOutput(tag, entry)

@@ -525,13 +525,8 @@ class _Batched(HelpedDoFn, beam.DoFn):
 
     def _flush(self):
         pending, self._pending, self._rows = self._pending, [], 0
-        if not pending:
-            return
-        if self._offload is None:
-            yield from self._compute_batch(pending)
-        else:
-            for outputs in self._offload.put(pending):
-                yield from outputs
+        if pending:
+            yield from self.offer(pending)
 
     def _computed(self, pending) -> list:
         """The outputs of a batch as a list: what a helper process computes and sends back."""
@@ -541,19 +536,34 @@ class _Batched(HelpedDoFn, beam.DoFn):
         from pipeline.offload import in_global_window
 
         yield from map(in_global_window, self._flush())
-        if self._offload is not None:
-            for outputs in self._offload.drain():
-                yield from map(in_global_window, outputs)
+        yield from self.drained()
 
 
-class _EmitEventsAndQueries(beam.DoFn):
+class _Emitter(HelpedDoFn, beam.DoFn):
+    """Per chunk of records, the (group key, packed blocks) elements of :meth:`_emit`: a pure function of
+    the chunk, computed by helper processes where there are (``helpers``, set by WindowChunks)."""
+
+    def helped_fn(self):
+        return self._emitted
+
+    def _emitted(self, chunk) -> list:
+        return list(self._emit(chunk))
+
+    def process(self, chunk):
+        yield from self.offer(chunk)
+
+    def finish_bundle(self):
+        yield from self.drained()
+
+
+class _EmitEventsAndQueries(_Emitter):
     """A key group computed apart: per chunk, columnar blocks of its events and queries by time
     bucket; results go to each record's group in the final key group."""
 
     def __init__(self, kg: _KeyGroup, final: _KeyGroup, window_s: int, bucket_s: int):
         self._kg, self._final, self._window, self._bucket = kg, final, window_s, bucket_s
 
-    def process(self, chunk):
+    def _emit(self, chunk):
         block = _packed_ids(as_block(chunk))
         keys = _keys(block, self._kg.key)
         out: dict = {}
@@ -612,14 +622,14 @@ class _AggregateQueries(_Batched):
             yield route_names[route], _pack([(_PARTIALS, _wire(ids[rows]), results)])
 
 
-class _EmitRecordsAndEvents(beam.DoFn):
+class _EmitRecordsAndEvents(_Emitter):
     """The final key group: per chunk, the records (a block) at their groups and the events of the
     final key group at every bucket they reach. Every window column starts as missing (None)."""
 
     def __init__(self, kg: _KeyGroup, names, window_s: int, bucket_s: int):
         self._kg, self._names, self._window, self._bucket = kg, tuple(names), window_s, bucket_s
 
-    def process(self, chunk):
+    def _emit(self, chunk):
         block = _packed_ids(as_block(chunk))
         blank = (None,) * len(block)
         block = block.replace(**dict.fromkeys(self._names, blank))
@@ -782,13 +792,14 @@ class WindowChunks(beam.PTransform):
         to_final = [
             chunks
             | "EmitRecordsAndEvents"
-            >> beam.ParDo(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket)).with_output_types(keyed)
+            >> beam.ParDo(self._helped(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket)))
+            .with_output_types(keyed)
         ]
         for kg in self._others:
             to_final.append(
                 chunks
                 | f"EmitEventsAndQueries_{kg.label}"
-                >> beam.ParDo(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket))
+                >> beam.ParDo(self._helped(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket)))
                 | f"GroupByKeyAndTimeBucket_{kg.label}" >> beam.GroupByKey()
                 | f"AggregateLookback_{kg.label}" >> beam.ParDo(self._helped(_AggregateQueries(kg, self._window))).with_output_types(keyed)
             )
@@ -802,7 +813,7 @@ class WindowChunks(beam.PTransform):
             .with_outputs(REJECTED, main=RECORDS)
         )
 
-    def _helped(self, dofn: _Batched) -> _Batched:
+    def _helped(self, dofn: HelpedDoFn) -> HelpedDoFn:
         dofn.helpers = self._helpers
         return dofn
 

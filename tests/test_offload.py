@@ -3,7 +3,6 @@ raised, and a run with helpers writes what a run without them writes."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import re
@@ -29,7 +28,7 @@ def _wait_ready(monkeypatch):
     runner's thread computes everything, which would leave them nothing to do in a short test)."""
 
     def ready(pool):
-        concurrent.futures.wait(pool._ready)  # noqa: SLF001
+        pool.wait_ready()
         return True
 
     monkeypatch.setattr(offload._Pool, "ready", property(ready))  # noqa: SLF001
@@ -61,6 +60,68 @@ def test_an_error_in_a_helper_is_raised_at_its_place_in_the_order(monkeypatch):
     finally:
         off.close()
     assert got == [x * x for x in range(10, 13)][: len(got)]  # nothing after the failing element
+
+
+def die_in_a_helper(x: int) -> int:
+    """A helper process that ends abruptly on 3 (as one killed for memory would); here, a plain value."""
+    import multiprocessing
+    import os
+
+    if x == 3 and multiprocessing.parent_process() is not None:
+        os._exit(7)
+    return x
+
+
+def refuse_in_a_helper(x: int) -> int:
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        raise KeyError(f"no {x} in a helper")
+    return x
+
+
+def test_a_helper_that_dies_fails_its_element_with_a_clear_error_and_no_hang(monkeypatch):
+    _wait_ready(monkeypatch)
+    off = OrderedOffload(die_in_a_helper, 1)
+    got = []
+    try:
+        with pytest.raises(RuntimeError, match=r"a helper process died \(exit code 7\).*--helper_processes 0"):
+            for x in range(6):
+                got += list(off.put(x))
+            got += list(off.drain())
+    finally:
+        off.close()
+    assert got == [0, 1, 2][: len(got)]
+    assert offload._Pool._instance is None  # noqa: SLF001 - closed, its dead helper included
+
+
+def test_a_helpers_exception_comes_back_with_where_it_was_raised(monkeypatch):
+    _wait_ready(monkeypatch)
+    off = OrderedOffload(refuse_in_a_helper, 1)
+    try:
+        with pytest.raises(KeyError, match="no 0 in a helper") as raised:
+            list(off.put(0))
+            list(off.drain())
+    finally:
+        off.close()
+    assert off.helped == 1
+    assert any("in helper process" in note and "refuse_in_a_helper" in note for note in raised.value.__notes__)
+
+
+def test_elements_in_transit_stay_in_a_directory_only_this_user_can_enter_and_it_goes_with_the_pool(monkeypatch):
+    import os
+    import stat
+
+    _wait_ready(monkeypatch)
+    off = OrderedOffload(slow_square, 1)
+    directory = off._pool._directory  # noqa: SLF001
+    try:
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert [r for x in range(8) for r in off.put(x)] + list(off.drain()) == [x * x for x in range(8)]
+        assert os.listdir(directory) == []  # each element's and result's file is removed once read
+    finally:
+        off.close()
+    assert not os.path.exists(directory)
 
 
 def test_without_helpers_everything_is_computed_here():

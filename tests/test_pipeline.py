@@ -121,6 +121,12 @@ def test_blocks_keep_every_value_through_take_slice_concat_and_rebatch():
     out += [w.value for w in rebatch.finish_bundle()]
     assert [len(blk) for blk in out] == [4, 4, 2]
     assert [r["x"] for blk in out for r in blk] == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    parted = Rebatch(4, joined=False)  # each batch as its parts: slices of the blocks that came in
+    parted.start_bundle()
+    parts = [batch for chunk in (a, b, a, b) for batch in parted.process(chunk)]
+    parts += [w.value for w in parted.finish_bundle()]
+    assert [[len(part) for part in batch] for batch in parts] == [[3, 1], [1, 3], [2]]
+    assert [list(Block.concat(batch)) for batch in parts] == [list(blk) for blk in out]
 
 
 def test_split_keys_per_distinct_value_equal_the_keys_per_record():

@@ -110,7 +110,7 @@ def test_the_pipeline_moves_blocks_and_batches_with_these_coders(tmp_path):
     import tensorflow_transform.beam as tft_beam
     from apache_beam.pipeline import PipelineVisitor
 
-    from pipeline import flights
+    from pipeline import flights, wire
     from pipeline.airports import load_airports
     from pipeline.io import plan_inputs
     from pipeline.preprocess import build
@@ -135,7 +135,8 @@ def test_the_pipeline_moves_blocks_and_batches_with_these_coders(tmp_path):
     assert types["CleanAndWindow/ParseAndValidate/ParDo(ParseChunks):None"] is Block
     assert types["CleanAndWindow/DeduplicateAndAddWindowFeatures/AggregateLookback:None"] is Block
     assert types["AssignSplit:train"] is Block and types["AssignSplit:test"] is Block
-    assert types["ToArrowTrain/Rebatch:None"] is Block
+    rebatched = beam.coders.registry.get_coder(types["ToArrowTrain/Rebatch:None"])  # a batch's parts
+    assert isinstance(rebatched, beam.coders.ListCoder) and isinstance(rebatched.value_coder(), wire.BlockCoder)
     assert types["ToArrowTrain/ToArrow:None"] is pa.RecordBatch
     assert types["EncodeRawTrainExamples:None"] is bytes
 
