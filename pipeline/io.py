@@ -70,10 +70,21 @@ def expand(patterns: str | Sequence[str]) -> list[tuple[str, int]]:
     return files
 
 
-def first_line(path: str) -> str:
-    """The first line of ``path`` (decompressed by extension), BOM and line end stripped."""
-    with FileSystems.open(path) as f:
-        raw = f.readline()
+def first_line(path: str, read_bytes: int = 64 << 10) -> str:
+    """The first line of ``path`` (decompressed by extension), BOM and line end stripped.
+
+    A compressed file is read ``read_bytes`` at a time: Beam's default (16 MiB) would decompress
+    the whole of a typical file for its header (25 ms a 2 MB gzip file, for every input file)."""
+    from apache_beam.io.filesystem import CompressedFile, CompressionTypes
+
+    compression = CompressionTypes.detect_compression_type(path)
+    if compression == CompressionTypes.UNCOMPRESSED:
+        with FileSystems.open(path) as f:
+            raw = f.readline()
+    else:
+        with CompressedFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), compression,
+                            read_size=read_bytes) as f:
+            raw = f.readline()
     return raw.decode("utf-8", errors="replace").lstrip(BOM).rstrip("\r\n")
 
 

@@ -311,6 +311,23 @@ def test_byte_ranges_read_every_line_once_whatever_the_cut(tmp_path, monkeypatch
     assert got == lines[1:]
 
 
+def test_a_compressed_files_header_is_read_whole_from_small_reads(tmp_path):
+    """The header of a compressed file is read a little at a time, not the file decompressed whole; a
+    header longer than one read, a BOM and a CRLF come out as the header's text."""
+    import bz2
+
+    from pipeline.io import first_line
+
+    header = ",".join(f"COLUMN_{i}" for i in range(3000))  # about 30 KB
+    path = tmp_path / "h.csv.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(("\ufeff" + header + "\r\n").encode() + b"1,2\n" * 1000)
+    assert first_line(str(path), read_bytes=512) == header
+    bz = tmp_path / "h.csv.bz2"
+    bz.write_bytes(bz2.compress(b"A,B\n1,2\n"))
+    assert first_line(str(bz), read_bytes=4) == "A,B"
+
+
 def test_a_compressed_file_is_one_range_read_in_chunks(tmp_path):
     path = tmp_path / "f.csv.gz"
     with gzip.open(path, "wb") as f:
@@ -345,8 +362,9 @@ def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
 
 
 def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
-    """A window group's element: the blocks as the runner's coder writes them, compressed (zstd, or
-    zlib where pyarrow lacks zstd); either comes back the same, and anything else is refused."""
+    """A window group's element: its row counts, then the blocks as the runner's coder writes them,
+    compressed (zstd, or zlib where pyarrow lacks zstd); either comes back the same, and anything else
+    is refused."""
     import pytest
 
     from pipeline import compression, windowing
@@ -360,20 +378,23 @@ def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
     blocks = [(0, pack_block(records)), events]
     raw = windowing._CODER.encode(blocks)
     packed = windowing._pack(blocks)
-    assert packed[:1] == b"S" and len(packed) < len(raw) / 2
+    assert packed[8:9] == b"S" and len(packed) < len(raw) / 2
+    assert windowing._packed_rows(packed) == (300, 300)  # (records, events): read without unpacking
     (kind, got), events_back = windowing._unpack(packed)
     assert kind == 0 and list(unpack_block(got)) == list(records) and events_back == events
 
     monkeypatch.setattr(compression, "_codec", lambda name: None)  # a pyarrow built without zstd
     fallback = windowing._pack(blocks)
     lines = PackedText.of(["2015,1,1,AA", None])
-    assert fallback[:1] == b"Z" and lines._blob[:1] == b"Z" and list(lines) == ["2015,1,1,AA", None]
+    assert fallback[8:9] == b"Z" and lines._blob[:1] == b"Z" and list(lines) == ["2015,1,1,AA", None]
     with pytest.raises(RuntimeError, match="zstd-compressed, and this worker's pyarrow has no zstd"):
         windowing._unpack(packed)
     monkeypatch.undo()  # the records' raw lines were packed with zstd before
     assert list(unpack_block(windowing._unpack(fallback)[0][1])) == list(records)
     with pytest.raises(ValueError, match="not window group data"):
         windowing._unpack(raw)
+    with pytest.raises(ValueError, match="not window group data"):
+        windowing._packed_rows(b"S")
 
 
 def test_compressed_buffers_name_their_codec():
