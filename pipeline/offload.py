@@ -225,8 +225,14 @@ class _Pool:
             helper = min((h for h in self._helpers if h.ready and h.alive), key=lambda h: len(h.outstanding))
             self._next += 1
             name = f"t{self._next}"
-            with open(os.path.join(self._directory, name), "wb") as f:
-                pickle.dump((key, None if key in helper.known else payload, item), f, protocol=pickle.HIGHEST_PROTOCOL)
+            path = os.path.join(self._directory, name)
+            try:
+                with open(path, "wb") as f:
+                    pickle.dump((key, None if key in helper.known else payload, item), f, protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
             helper.known.add(key)
             task = helper.outstanding[name] = _Task(self)
             try:
@@ -346,8 +352,15 @@ class OrderedOffload:
 
     def put(self, item):
         pool = self._pool
+        task = None
         if pool is not None and pool.ready and pool.in_flight < QUEUED_PER_HELPER * pool.processes:
-            self._pending.append(pool.submit(self._key, self._payload, item))
+            try:
+                task = pool.submit(self._key, self._payload, item)
+            except Exception as e:  # noqa: BLE001 - the element cannot travel (not picklable, no room): computed here
+                logger.warning("%s: an element could not be handed to a helper (%s); computed in this process",
+                               _label(self._fn), e)
+        if task is not None:
+            self._pending.append(task)
             self.helped += 1
         else:
             self._pending.append(_Local(self._fn, item))

@@ -124,6 +124,23 @@ def test_elements_in_transit_stay_in_a_directory_only_this_user_can_enter_and_it
     assert not os.path.exists(directory)
 
 
+def test_an_element_that_cannot_travel_to_a_helper_is_computed_here(monkeypatch, caplog):
+    import threading
+
+    _wait_ready(monkeypatch)
+    off = OrderedOffload(len, 1)
+    items = [[1, 2], [threading.Lock()], [3], [4, 5, 6]]  # a lock cannot be pickled
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline.offload"):
+            got = [r for x in items for r in off.put(x)] + list(off.drain())
+    finally:
+        off.close()
+    assert got == [2, 1, 1, 3]
+    assert off.helped == 3 and off.here == 1
+    assert "could not be handed to a helper" in caplog.text
+    assert offload._Pool._instance is None  # noqa: SLF001
+
+
 def test_without_helpers_everything_is_computed_here():
     off = OrderedOffload(slow_square, 0)
     assert [r for x in range(5) for r in off.put(x)] + list(off.drain()) == [0, 1, 4, 9, 16]
