@@ -53,10 +53,25 @@ def auto_helpers(requested: int | None, single_process: bool, input_bytes: int, 
 
 
 # ------------------------------------------------------------------ the helper process side
-def _serve(tasks, results, directory: str) -> None:
+def _preload(modules) -> None:
+    """Imports ``modules`` (in a thread of the helper's own, while it waits for or computes its first
+    tasks). A module that fails to import here is left to the task that needs it, which imports it
+    again and fails with the reason where it is reported."""
+    import importlib
+
+    for name in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+def _serve(tasks, results, directory: str, preload=()) -> None:
     """A helper's loop: task number -> reads the task's file (function key, the function pickled the
     first time this helper sees it, element), computes, writes the result's file (ok, value or
-    exception), answers with the number. Ends on _STOP or when the runner's end of the pipe closes."""
+    exception), answers with the number. Ends on _STOP or when the runner's end of the pipe closes.
+
+    ``preload``: modules its later tasks need that take long to import (TensorFlow: about 3 s),
+    imported beside the first tasks rather than by the first task that needs them, which would
+    hold back every result after its own meanwhile."""
     import pickle
     import traceback
 
@@ -64,6 +79,8 @@ def _serve(tasks, results, directory: str) -> None:
 
     functions: dict = {}
     results.send_bytes(_READY)
+    if preload:
+        threading.Thread(target=_preload, args=(tuple(preload),), name="preload", daemon=True).start()
     while True:
         try:
             message = tasks.recv_bytes()
@@ -121,10 +138,10 @@ class _Helper:
     elements and results themselves go through files, written and read in one go by whichever
     process has them, so neither waits on the other to empty a pipe a piece at a time."""
 
-    def __init__(self, context, directory: str, index: int):
+    def __init__(self, context, directory: str, index: int, preload=()):
         tasks_out, self.tasks = context.Pipe(duplex=False)
         self.results, results_in = context.Pipe(duplex=False)
-        self.process = context.Process(target=_serve, args=(tasks_out, results_in, directory),
+        self.process = context.Process(target=_serve, args=(tasks_out, results_in, directory, tuple(preload)),
                                        name=f"pipeline-helper-{index}", daemon=True)
         self.process.start()
         tasks_out.close()  # the helper's ends: closed here, so that its death reads as the end of its pipe
@@ -160,7 +177,7 @@ class _Pool:
     _lock = threading.RLock()
     _instance: _Pool | None = None
 
-    def __init__(self, processes: int):
+    def __init__(self, processes: int, preload=()):
         import multiprocessing
 
         self.processes = processes
@@ -168,15 +185,15 @@ class _Pool:
         self._directory = _scratch_dir()
         self._next = 0
         context = multiprocessing.get_context("spawn")  # never forked from a process with TensorFlow's threads
-        self._helpers = [_Helper(context, self._directory, i) for i in range(processes)]
+        self._helpers = [_Helper(context, self._directory, i, preload) for i in range(processes)]
         logger.info("started %d helper process(es) for parsing and encoding (elements in transit in %s)",
                     processes, self._directory)
 
     @classmethod
-    def acquire(cls, processes: int) -> _Pool:
+    def acquire(cls, processes: int, preload=()) -> _Pool:
         with cls._lock:
             if cls._instance is None:
-                cls._instance = _Pool(processes)
+                cls._instance = _Pool(processes, preload)
             cls._instance.users += 1
             return cls._instance
 
@@ -293,10 +310,11 @@ class _Pool:
 
 
 @contextlib.contextmanager
-def helpers_started(processes: int):
+def helpers_started(processes: int, preload=()):
     """Starts the helper processes now and keeps them until the block ends: started before the graph
-    is built, they are ready (about a second of importing) when the first element comes."""
-    pool = _Pool.acquire(processes) if processes > 0 else None
+    is built, they are ready (about a second of importing) when the first element comes. ``preload``:
+    modules they import beside their first tasks (see :func:`_serve`)."""
+    pool = _Pool.acquire(processes, preload) if processes > 0 else None
     try:
         yield
     finally:

@@ -136,9 +136,35 @@ def local_runner(options: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    shorter_state_sampling()
     return fn_runner.FnApiRunner(
         provision_info=fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     )
+
+
+STATE_SAMPLING_MS = 10
+
+
+def shorter_state_sampling(period_ms: int = STATE_SAMPLING_MS) -> None:
+    """Bundles of the in-process runner end without waiting for Beam's state sampler.
+
+    Beam starts a thread per bundle that samples which step is running (for its msecs counters),
+    sleeping up to ``sampling_period_ms`` between samples (200 ms once a bundle has run a second),
+    and the end of every bundle joins that thread: the runner's thread, with the helper processes
+    waiting on it, spent 0.7 s of a 1M-row run in that join (py-spy), up to 200 ms after each long
+    stage. The sampler never takes the interpreter's lock, so waking every 10 ms instead costs
+    nothing measurable, and the step timings are sampled more finely. Changes the default of
+    ``StateSampler(sampling_period_ms=...)`` in this process only, where its signature is the one
+    this was written against; elsewhere it leaves Beam as it is.
+    """
+    import inspect
+
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    parameters = list(inspect.signature(init).parameters.values())
+    if parameters[-1].name == "sampling_period_ms" and init.__defaults__ and len(init.__defaults__) == 1:
+        init.__defaults__ = (period_ms,)
 
 
 def exit_now(code: int):

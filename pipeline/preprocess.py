@@ -34,7 +34,7 @@ from pipeline.options import UsageError, exit_now, local_runner, parse_options, 
 from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
-from pipeline.transform import AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
+from pipeline.transform import TRANSFORM_MODULES, AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def run(argv=None) -> dict:
     helpers = auto_helpers(ours.helper_processes, single_process(options), sum(f.size for f in plan))
     started = time.time()
     logger.info("preprocessing %s: %d input files -> %s (%d helper processes)", ours.dataset, len(plan), output_dir, helpers)
-    with helpers_started(helpers), beam.Pipeline(runner=local_runner(options), options=options) as p:
+    with helpers_started(helpers, preload=TRANSFORM_MODULES), beam.Pipeline(runner=local_runner(options), options=options) as p:
         with tft_beam.Context(temp_dir=temp_dir):
             build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by, helpers)
     wall = time.time() - started

@@ -141,6 +141,31 @@ def test_an_element_that_cannot_travel_to_a_helper_is_computed_here(monkeypatch,
     assert offload._Pool._instance is None  # noqa: SLF001
 
 
+def preloaded(name: str) -> list[str]:
+    """The modules of ``name``'s list in this process, once the preloading thread has had its chance."""
+    import sys
+
+    wanted = name.split(",")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(m in sys.modules for m in wanted if m != "no_such_module_here"):
+        time.sleep(0.05)
+    return sorted(m for m in wanted if m in sys.modules)
+
+
+def test_helpers_import_the_preloaded_modules_beside_their_tasks_and_a_missing_one_is_left_to_the_task(monkeypatch):
+    _wait_ready(monkeypatch)
+    wanted = "colorsys,no_such_module_here"  # colorsys: nothing here imports it
+    with offload.helpers_started(1, preload=("no_such_module_here", "colorsys")):
+        off = OrderedOffload(preloaded, 1)
+        try:
+            got = list(off.put(wanted)) + list(off.drain())
+        finally:
+            off.close()
+    assert off.helped == 1
+    assert got == [["colorsys"]]  # imported in the helper, which lived on past the module it could not import
+    assert offload._Pool._instance is None  # noqa: SLF001
+
+
 def test_without_helpers_everything_is_computed_here():
     off = OrderedOffload(slow_square, 0)
     assert [r for x in range(5) for r in off.put(x)] + list(off.drain()) == [0, 1, 4, 9, 16]
@@ -182,7 +207,8 @@ def test_a_run_with_helpers_writes_what_a_run_without_them_writes(flights_out, t
               (re.match(r"([\w.]+): (\d+) elements computed by helper", r.getMessage()) for r in caplog.records) if m}
     assert helped["ParseChunks.parse_chunk"] > 0
     assert helped["_AggregateRecords._computed"] > 0  # the window groups' de-duplication and averages
-    assert helped["framed_examples"] > 0 and helped["framed_transformed_examples"] > 0
+    assert helped["framed_examples"] > 0  # the raw examples
+    assert helped["transformed_framed"] > 0  # the transform graph applied, and the transformed examples
 
     ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (out, flights_out))
     for key in ("rows_read", "rows_written", "rows_rejected", "rows_excluded", "splits", "excluded"):

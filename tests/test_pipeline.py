@@ -438,15 +438,21 @@ def test_tfrecord_framing_is_byte_for_byte_beams(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
 
 
-def test_shards_are_gzipped_in_a_thread_and_a_write_error_is_raised_not_lost(tmp_path):
+@pytest.mark.parametrize("codec", ["isal", "zlib"])
+def test_shards_are_gzipped_in_a_thread_and_a_write_error_is_raised_not_lost(tmp_path, monkeypatch, codec):
     """The sink's writer compresses in a thread of its own: the shard is one gzip stream of what was
-    written, in order (tf.data reads the records back); a failing file is raised by write or close,
-    and the file is closed either way."""
+    written, in order (tf.data reads the records back), with ISA-L where installed (a dependency) and
+    zlib where it is not; a failing file is raised by write or close, and the file is closed either way."""
     import gzip
+    import sys
 
     import tensorflow as tf
 
-    from pipeline.transform import _GzipInThread, frame_tfrecords
+    from pipeline.transform import _GzipInThread, frame_tfrecords, gzip_compressor
+
+    if codec == "zlib":
+        monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed: the import fails
+    assert type(gzip_compressor()).__module__.startswith("isal" if codec == "isal" else "zlib")
 
     records = [b"r%d" % i * (i + 1) for i in range(3000)]
     path = tmp_path / "part.tfrecord.gz"
@@ -530,6 +536,20 @@ def test_local_runs_name_the_python_engine_instead_of_downloading_prism():
     for flags in (["--runner", "DataflowRunner"], ["--runner", "PrismRunner"], ["--runner", "PortableRunner"],
                   ["--streaming"]):
         assert local_runner(PipelineOptions(flags)) is None, flags
+
+
+def test_local_runs_end_their_bundles_without_waiting_long_for_beams_state_sampler():
+    """Each bundle's end joins Beam's state-sampling thread, which sleeps up to its period between
+    samples (200 ms by default); a local run lowers the period for this process."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from pipeline.options import STATE_SAMPLING_MS, local_runner
+
+    local_runner(PipelineOptions([]))
+    assert statesampler.StateSampler("step", CounterFactory()).sampling_period_ms == STATE_SAMPLING_MS == 10
+    assert statesampler.StateSampler("step", CounterFactory(), sampling_period_ms=300).sampling_period_ms == 300
 
 
 def test_hex_ids_pack_only_lowercase_hex_of_one_length_and_read_back_the_same():
