@@ -9,6 +9,7 @@ the parser's job, so a non-UTF-8 line becomes a rejected row instead of a crashe
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -78,14 +79,47 @@ def first_line(path: str, read_bytes: int = 64 << 10) -> str:
     from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 
     compression = CompressionTypes.detect_compression_type(path)
-    if compression == CompressionTypes.UNCOMPRESSED:
-        with FileSystems.open(path) as f:
+    if compression in (CompressionTypes.UNCOMPRESSED, CompressionTypes.GZIP):
+        with open_input(path) as f:
             raw = f.readline()
     else:
         with CompressedFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), compression,
                             read_size=read_bytes) as f:
             raw = f.readline()
     return raw.decode("utf-8", errors="replace").lstrip(BOM).rstrip("\r\n")
+
+
+@contextlib.contextmanager
+def open_input(path: str):
+    """``path`` opened for reading bytes, decompressed by its extension.
+
+    gzip is read by Python's gzip reader, through ISA-L where the ``isal`` package is installed (a
+    dependency: 0.12 s instead of zlib's 0.32 s for the 41 MB of gzip at 1M flights). It raises on a
+    file that ends before its end-of-stream marker, which becomes an InputError naming the file:
+    Beam's compressed reader returns the first part of such a truncated file without a word, and the
+    rows of the rest would be lost unseen (tested). Other compressions are read by Beam.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.GZIP:
+        with FileSystems.open(path) as f:
+            yield f
+        return
+    try:
+        from isal import igzip as gzip_module
+        from isal.isal_zlib import error as codec_error
+    except ImportError:
+        import gzip as gzip_module
+        from zlib import error as codec_error
+    import gzip
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        try:
+            with gzip_module.GzipFile(fileobj=raw, mode="rb") as f:
+                yield f
+        except (EOFError, gzip.BadGzipFile, codec_error) as e:
+            raise InputError(f"{path} cannot be decompressed as gzip ({e}): a truncated or damaged file? "
+                             "Its rows would be lost: replace it, or leave it out of --input") from e
 
 
 def detect_layout(line: str, layouts: Mapping[str, Layout], path: str = "") -> Layout:
@@ -141,7 +175,7 @@ def read_lines(rng: ReadRange, chunk_lines: int = CHUNK_LINES):
     A range that does not start the file begins after the first line end at or after ``start - 1``,
     so each line is read by exactly the range it starts in. Line ends are kept; the parser strips them.
     """
-    with FileSystems.open(rng.path) as f:
+    with open_input(rng.path) as f:
         pos = 0
         if rng.start:
             f.seek(rng.start - 1)
