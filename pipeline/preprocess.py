@@ -34,7 +34,7 @@ from pipeline.options import UsageError, exit_now, local_runner, parse_options, 
 from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
-from pipeline.transform import TRANSFORM_MODULES, AnalyzeAndTransformSplits, framed_examples, write_framed_tfrecords
+from pipeline.transform import TRANSFORM_MODULES, AnalyzeAndTransformSplits, gzipped_examples, write_tfrecord_shards
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def build(
         batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema, helpers=helpers)
         _ = (
             batches[split]
-            | f"EncodeRaw{name}Examples" >> offload_map(framed_examples, helpers).with_output_types(bytes)
-            | write_framed_tfrecords(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
+            | f"EncodeRaw{name}Examples" >> offload_map(gzipped_examples, helpers).with_output_types(bytes)
+            | write_tfrecord_shards(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
         )
         # Counted per Arrow batch (the same rows), not per record: one element per batch.
         count_keys.append(batches[split] | f"Count{name}" >> beam.FlatMap(manifest.batch_split_keys, split, optional))

@@ -105,93 +105,72 @@ GZIP_LEVEL = 1
 ISAL_LEVEL = 1
 
 
-def gzip_compressor():
-    """A compressor of one gzip stream: ISA-L's where the ``isal`` package is installed, else zlib's
-    (GZIP_LEVEL). Readers see the same gzip format either way."""
+def gzip_member(data: bytes) -> bytes:
+    """``data`` as one complete gzip member: ISA-L's compression where the ``isal`` package is
+    installed, else zlib's (GZIP_LEVEL). Readers see the same gzip format either way."""
     try:
         from isal import isal_zlib
     except ImportError:
         import zlib
 
-        return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return isal_zlib.compressobj(ISAL_LEVEL, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+        return zlib.compress(data, GZIP_LEVEL, wbits=16 + zlib.MAX_WBITS)
+    return isal_zlib.compress(data, ISAL_LEVEL, wbits=16 + isal_zlib.MAX_WBITS)
 
 
-class _FramedTFRecordSink(filebasedsink.FileBasedSink):
-    """``WriteToTFRecord``'s sink for elements that are already framed runs of TFRecords, gzip
-    compressed in a thread of its own (:class:`_GzipInThread`)."""
+def gzipped_examples(record_batch) -> bytes:
+    """A record batch's rows as serialized tf.Examples framed as TFRecords (:func:`framed_examples`),
+    as one gzip member: what :func:`write_tfrecord_shards` writes."""
+    return gzip_member(framed_examples(record_batch))
+
+
+class _GzipMembersSink(filebasedsink.FileBasedSink):
+    """``WriteToTFRecord``'s sink for elements that are gzip members of framed runs of TFRecords
+    (:func:`gzipped_examples`), written one after the other: a gzip file may hold several members,
+    read as one stream (RFC 1952; tf.data's and Beam's TFRecord readers and Python's gzip read them
+    all, tested). Each batch is compressed by whoever computed it, the helper process or the runner's
+    thread, instead of by a thread of the runner's process that competed with both for the two
+    cores, and what travels back from a helper is the compressed batch (about a ninth of it)."""
 
     def open(self, temp_path):
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
-        return _GzipInThread(FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED))
+        return _ShardFile(FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED))
 
     def write_encoded_record(self, file_handle, value):
         file_handle.write(value)
 
 
-class _GzipInThread:
-    """A shard's writer: what is written is gzip-compressed (one gzip stream, :func:`gzip_compressor`)
-    and written to ``raw`` by a thread of its own, so that where a core is free (the in-process runner
-    keeps one busy) the shards are compressed beside the pipeline's own work instead of inside it.
-    Nothing is lost on a failure: a compression or write error is raised by the next ``write`` or by
-    ``close``, which waits for everything written before it.
-    """
+class _ShardFile:
+    """A shard being written: gzip members as they come; a shard given none still ends as a valid,
+    empty gzip file (one empty member), as a gzip stream with nothing written would."""
 
-    def __init__(self, raw, queued: int = 8):
-        import queue
-        import threading
-
+    def __init__(self, raw):
         self._raw = raw
-        self._queue: queue.Queue = queue.Queue(maxsize=queued)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gzip-shard-writer", daemon=True)
-        self._thread.start()
+        self._written = False
 
-    def _run(self):
-        compressor = gzip_compressor()
-        try:
-            while (data := self._queue.get()) is not None:
-                self._raw.write(compressor.compress(data))
-            self._raw.write(compressor.flush())
-        except BaseException as e:  # noqa: BLE001 - handed to the writing thread, which raises it
-            self._error = e
-
-    def _put(self, item) -> None:
-        import queue
-
-        while True:
-            if self._error is not None:
-                raise self._error
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:  # the thread is behind, or has stopped on an error: look again
-                continue
-
-    def write(self, data: bytes) -> None:
-        self._put(data)
+    def write(self, member: bytes) -> None:
+        if member:
+            self._raw.write(member)
+            self._written = True
 
     def close(self) -> None:
         try:
-            self._put(None)
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
+            if not self._written:
+                self._raw.write(gzip_member(b""))
         finally:
             self._raw.close()
 
 
-def write_framed_tfrecords(label: str, path_prefix: str):
-    """PCollection[bytes] of :func:`framed_examples` -> the same gzip TFRecord shards as
-    ``beam.io.WriteToTFRecord`` would write from the examples one by one (one element per batch,
-    instead of one per row through the write's per-element steps)."""
-    sink = _FramedTFRecordSink(
+def write_tfrecord_shards(label: str, path_prefix: str):
+    """PCollection[bytes] of gzip members (:func:`gzipped_examples`) -> gzip TFRecord shards holding
+    the same records as ``beam.io.WriteToTFRecord`` would write from the examples one by one (one
+    element per batch, instead of one per row through the write's per-element steps)."""
+    sink = _GzipMembersSink(
         path_prefix,
         coder=beam.coders.BytesCoder(),
         file_name_suffix=TFRECORD_SUFFIX,
-        compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+        compression_type=beam.io.filesystem.CompressionTypes.UNCOMPRESSED,
     )
     return label >> beam.io.Write(sink)
 
@@ -260,16 +239,17 @@ def _graph(config, model_dir: str, schema_bytes: bytes) -> _TransformGraph:
         return graph
 
 
-def transformed_framed(config, item) -> bytes:
+def transformed_examples(config, item) -> bytes:
     """(transform_fn directory, transformed schema, raw record batch) -> the batch's transformed
-    tf.Examples framed as TFRecords (:func:`framed_examples`): a pure function of its arguments,
-    which a helper process computes as well as the runner's thread."""
+    tf.Examples framed as TFRecords in one gzip member (:func:`gzipped_examples`): a pure function of
+    its arguments, which a helper process computes as well as the runner's thread."""
     model_dir, schema_bytes, record_batch = item
-    return framed_examples(_graph(config, model_dir, schema_bytes).apply(record_batch))
+    return gzipped_examples(_graph(config, model_dir, schema_bytes).apply(record_batch))
 
 
-class _TransformAndFrame(HelpedDoFn, beam.DoFn):
-    """Raw record batches -> their transformed examples framed as TFRecords, one element per batch;
+class _TransformAndEncode(HelpedDoFn, beam.DoFn):
+    """Raw record batches -> their transformed examples framed as TFRecords and gzipped
+    (:func:`transformed_examples`), one element per batch;
     the transform graph and schema are side inputs (the analysis's outputs). Where there are helper
     processes (:class:`pipeline.offload.HelpedDoFn`) they apply the graph beside the runner's thread,
     which otherwise does it alone: tensorflow-transform's ``TransformDataset`` runs it in the runner's
@@ -281,7 +261,7 @@ class _TransformAndFrame(HelpedDoFn, beam.DoFn):
         self.helpers = helpers
 
     def helped_fn(self):
-        return functools.partial(transformed_framed, self._config)
+        return functools.partial(transformed_examples, self._config)
 
     def outputs_of(self, result):
         return (result,)
@@ -298,7 +278,7 @@ class AnalyzeAndTransformSplits(beam.PTransform):
 
     Must be applied inside ``tft_beam.Context``. Returns dict[split, PCollection[bytes]] of the
     transformed tf.Examples (already written), one element per record batch: its rows' serialized
-    examples framed as TFRecords (see :func:`framed_examples`).
+    examples framed as TFRecords, in one gzip member (see :func:`gzipped_examples`).
     """
 
     def __init__(self, preprocessing_fn: Callable, tfxio, output_dir: str, helpers: int = 0):
@@ -322,7 +302,7 @@ class AnalyzeAndTransformSplits(beam.PTransform):
             os.path.join(self._output_dir, "metadata"), batches_by_split["train"].pipeline
         )
         # The transform applied by a DoFn of ours rather than tft_beam.TransformDataset, so that helper
-        # processes can take part (_TransformAndFrame); same graph, same conversions, same examples.
+        # processes can take part (_TransformAndEncode); same graph, same conversions, same examples.
         model_dir = beam.pvalue.AsSingleton(transform_fn[0])
         schema = beam.pvalue.AsSingleton(
             transform_fn[1].deferred_metadata | "TransformedSchema" >> beam.Map(lambda m: m.schema.SerializeToString())
@@ -330,9 +310,9 @@ class AnalyzeAndTransformSplits(beam.PTransform):
         outputs = {}
         for split, batches in batches_by_split.items():
             name = split.capitalize()
-            framed = batches | f"Transform{name}Data" >> beam.ParDo(
-                _TransformAndFrame(config, self._helpers), model_dir, schema
+            encoded = batches | f"Transform{name}Data" >> beam.ParDo(
+                _TransformAndEncode(config, self._helpers), model_dir, schema
             ).with_output_types(bytes)
-            _ = framed | write_framed_tfrecords(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
-            outputs[split] = framed
+            _ = encoded | write_tfrecord_shards(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
+            outputs[split] = encoded
         return outputs

@@ -207,8 +207,8 @@ def test_a_run_with_helpers_writes_what_a_run_without_them_writes(flights_out, t
               (re.match(r"([\w.]+): (\d+) elements computed by helper", r.getMessage()) for r in caplog.records) if m}
     assert helped["ParseChunks.parse_chunk"] > 0
     assert helped["_AggregateRecords._computed"] > 0  # the window groups' de-duplication and averages
-    assert helped["framed_examples"] > 0  # the raw examples
-    assert helped["transformed_framed"] > 0  # the transform graph applied, and the transformed examples
+    assert helped["gzipped_examples"] > 0  # the raw examples
+    assert helped["transformed_examples"] > 0  # the transform graph applied, and the transformed examples
 
     ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (out, flights_out))
     for key in ("rows_read", "rows_written", "rows_rejected", "rows_excluded", "splits", "excluded"):

@@ -1,4 +1,4 @@
-"""The transform graph applied by the pipeline's own DoFn (``pipeline.transform._TransformAndFrame``,
+"""The transform graph applied by the pipeline's own DoFn (``pipeline.transform._TransformAndEncode``,
 which helper processes can share) writes what tensorflow-transform's ``TransformDataset`` writes, and a
 batch the graph cannot take fails with a clear error."""
 
@@ -55,7 +55,7 @@ def test_the_pipelines_transform_writes_what_tensorflow_transform_writes(analyse
     import tensorflow as tf
     import tensorflow_transform.beam as tft_beam
 
-    from pipeline.transform import framed_examples, write_framed_tfrecords
+    from pipeline.transform import gzipped_examples, write_tfrecord_shards
 
     tfxio = tfxio_for(flights.SCHEMA)
     with beam.Pipeline() as p, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
@@ -64,8 +64,8 @@ def test_the_pipelines_transform_writes_what_tensorflow_transform_writes(analyse
             batches = p | f"Create{split}" >> beam.Create([to_record_batch(rows, tfxio.ArrowSchema())])
             transformed, _ = ((batches, tfxio.TensorAdapterConfig()), transform_fn) | f"Transform{split}" >> (
                 tft_beam.TransformDataset(output_record_batches=True))
-            _ = (transformed | f"Encode{split}" >> beam.Map(lambda batch: framed_examples(batch[0]))
-                 | write_framed_tfrecords(f"Write{split}", str(tmp_path / split / "part")))
+            _ = (transformed | f"Encode{split}" >> beam.Map(lambda batch: gzipped_examples(batch[0]))
+                 | write_tfrecord_shards(f"Write{split}", str(tmp_path / split / "part")))
 
     for split, rows in (("train", TRAIN), ("test", TEST)):
         ours, theirs = _records(analysed / split), _records(tmp_path / split)
@@ -80,16 +80,18 @@ def test_the_pipelines_transform_writes_what_tensorflow_transform_writes(analyse
 
 
 def test_a_batch_the_graph_cannot_take_fails_naming_the_graph_and_a_row(analysed):
+    import gzip
+
     import tensorflow_transform as tft
 
-    from pipeline.transform import transformed_framed
+    from pipeline.transform import transformed_examples
 
     tfxio = tfxio_for(flights.SCHEMA)
     schema = tft.TFTransformOutput(str(analysed)).transformed_metadata.schema.SerializeToString()
     model_dir = str(analysed / "transform_fn")
     good = to_record_batch(TEST, tfxio.ArrowSchema())
-    assert len(transformed_framed(tfxio.TensorAdapterConfig(), (model_dir, schema, good))) > 0
+    assert len(gzip.decompress(transformed_examples(tfxio.TensorAdapterConfig(), (model_dir, schema, good)))) > 0
     bad = to_record_batch([{**BASE, "dep_time_local": "not a time"}], tfxio.ArrowSchema())
     with pytest.raises(ValueError, match=r"(?s)applying the transform graph \(.*transform_fn\) to a batch of 1 rows "
                                          r"failed: .*first row: .*not a time"):
-        transformed_framed(tfxio.TensorAdapterConfig(), (model_dir, schema, bad))
+        transformed_examples(tfxio.TensorAdapterConfig(), (model_dir, schema, bad))
