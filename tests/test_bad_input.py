@@ -96,10 +96,12 @@ def test_bad_input_corpus_goes_to_rejected_with_reasons_and_leaves_good_rows_unt
     assert _raw_rows(tmp_path / "dirty_out") == _raw_rows(tmp_path / "clean_out")
 
 
-@pytest.mark.parametrize("codec", ["isal", "gzip"])
-def test_a_truncated_gzip_input_fails_naming_the_file_instead_of_losing_its_last_rows(tmp_path, monkeypatch, codec):
-    """An interrupted download or copy leaves a gzip file without its end: Beam's reader returns the
-    lines before the cut without a word, so the rest would be neither read nor counted as rejected."""
+@pytest.mark.parametrize("codec", ["isal", "gzip", "bzip2"])
+def test_a_truncated_compressed_input_fails_naming_the_file_instead_of_losing_its_last_rows(tmp_path, monkeypatch,
+                                                                                           codec):
+    """An interrupted download or copy leaves a gzip (or bzip2) file without its end: Beam's reader
+    returns the lines before the cut without a word, so the rest would be neither read nor counted."""
+    import bz2
     import sys
 
     from apache_beam.io.filesystems import FileSystems
@@ -108,8 +110,13 @@ def test_a_truncated_gzip_input_fails_naming_the_file_instead_of_losing_its_last
 
     if codec == "gzip":
         monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed: Python's gzip module reads
-    whole = _write(tmp_path / "whole.csv.gz", [BTS_HEADER, *GOOD * 300], gz=True)
-    cut = tmp_path / "cut" / "cut.csv.gz"
+    suffix, name = (".csv.bz2", "bzip2") if codec == "bzip2" else (".csv.gz", "gzip")
+    whole = tmp_path / f"whole{suffix}"
+    if codec == "bzip2":
+        whole.write_bytes(bz2.compress("\n".join([BTS_HEADER, *GOOD * 300, ""]).encode()))
+    else:
+        _write(whole, [BTS_HEADER, *GOOD * 300], gz=True)
+    cut = tmp_path / "cut" / f"cut{suffix}"
     cut.parent.mkdir()
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
 
@@ -117,11 +124,11 @@ def test_a_truncated_gzip_input_fails_naming_the_file_instead_of_losing_its_last
         return [line for _, chunk in read_lines(ReadRange(str(path), 0, None, True)) for line in chunk]
 
     assert lines(whole) == [(row + "\n").encode() for row in GOOD * 300]
-    with pytest.raises(InputError, match=r"cut\.csv\.gz cannot be decompressed as gzip .*truncated or damaged"):
+    with pytest.raises(InputError, match=rf"cut\.csv\.\w+ cannot be decompressed as {name} .*truncated or damaged"):
         lines(cut)
     with FileSystems.open(str(cut)) as f:  # what this guards against: part of the file, and no error
-        assert 0 < f.read().count(b"\n") < len(GOOD) * 300
-    with pytest.raises(Exception, match=r"cut\.csv\.gz cannot be decompressed as gzip"):
+        assert f.read().count(b"\n") < len(GOOD) * 300  # gzip: the lines before the cut; bzip2 (one block): none
+    with pytest.raises(Exception, match=rf"cut\.csv\.\w+ cannot be decompressed as {name}"):
         run(["--dataset", "flights", "--input", str(cut), "--output_dir", str(tmp_path / "out"), "--split_by", "hour"])
 
 
