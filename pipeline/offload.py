@@ -186,7 +186,7 @@ class _Pool:
         self._next = 0
         context = multiprocessing.get_context("spawn")  # never forked from a process with TensorFlow's threads
         self._helpers = [_Helper(context, self._directory, i, preload) for i in range(processes)]
-        logger.info("started %d helper process(es) for parsing and encoding (elements in transit in %s)",
+        logger.info("started %d helper process(es) for parsing, windowing, the transform and encoding (elements in transit in %s)",
                     processes, self._directory)
 
     @classmethod

@@ -446,6 +446,7 @@ def test_shards_are_gzip_members_one_per_batch_read_back_as_one_stream(tmp_path,
     write error is raised, and the file closed."""
     import gzip
     import sys
+    import zlib
 
     import tensorflow as tf
 
@@ -453,6 +454,8 @@ def test_shards_are_gzip_members_one_per_batch_read_back_as_one_stream(tmp_path,
 
     if codec == "zlib":
         monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed: the import fails
+    sample = b"flights " * 1000
+    assert (gzip_member(sample) == zlib.compress(sample, 1, wbits=31)) is (codec == "zlib")  # which compressor ran
     records = [b"r%d" % i * (i + 1) for i in range(3000)]
     batches = [records[start:start + 100] for start in range(0, len(records), 100)]
     path = tmp_path / "part.tfrecord.gz"
