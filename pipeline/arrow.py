@@ -11,18 +11,23 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline import example_encoding, wire  # noqa: F401 - wire registers the coders of Block and RecordBatch
+from pipeline import wire  # noqa: F401 - wire registers the coders of Block and RecordBatch
 from pipeline.rows import Block, as_block
+
+
+def raw_schema(schema):
+    """The tensorflow-metadata schema of raw tf.Examples of ``schema`` (a ``schemas.DatasetSchema``)."""
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    return schema_utils.schema_from_feature_spec(schema.raw_feature_spec())
 
 
 def tfxio_for(schema):
     """The TFXIO describing raw tf.Examples of ``schema`` (a ``schemas.DatasetSchema``)."""
-    from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.tfxio import tf_example_record
 
-    tfmd = schema_utils.schema_from_feature_spec(schema.raw_feature_spec())
     return tf_example_record.TFExampleBeamRecord(
-        physical_format="inmem", telemetry_descriptors=["preprocess"], schema=tfmd
+        physical_format="inmem", telemetry_descriptors=["preprocess"], schema=raw_schema(schema)
     )
 
 
@@ -156,30 +161,16 @@ class Rebatch(beam.DoFn):
 
 class ToRecordBatches(beam.PTransform):
     """PCollection of record blocks (or lists) -> PCollection[pa.RecordBatch] with ``arrow_schema``'s
-    columns, of ``max_batch_size`` rows (the last of a bundle fewer); ``helpers``: processes that join
-    the parts and convert them (:mod:`pipeline.offload`)."""
+    columns, of ``max_batch_size`` rows (the last of a bundle fewer)."""
 
-    def __init__(self, arrow_schema: pa.Schema, max_batch_size: int = 4096, helpers: int = 0):
+    def __init__(self, arrow_schema: pa.Schema, max_batch_size: int = 4096):
         super().__init__()
         self._arrow_schema = arrow_schema
         self._max = max_batch_size
-        self._helpers = helpers
 
     def expand(self, record_lists):
-        import functools
-
-        from pipeline.offload import offload_map
-
-        convert = functools.partial(parts_to_record_batch, arrow_schema=self._arrow_schema)
         return (
             record_lists
             | "Rebatch" >> beam.ParDo(Rebatch(self._max, joined=False)).with_output_types(list[Block])
-            | "ToArrow" >> offload_map(convert, self._helpers).with_output_types(pa.RecordBatch)
+            | "ToArrow" >> beam.Map(parts_to_record_batch, arrow_schema=self._arrow_schema).with_output_types(pa.RecordBatch)
         )
-
-
-def encode_examples(record_batch: pa.RecordBatch) -> list[bytes]:
-    """The batch's rows as serialized tf.Examples, what tfx-bsl's ``RecordBatchToExamplesEncoder``
-    gives (features in name order), written by numpy a column at a time at a fraction of its cost
-    (see :mod:`pipeline.example_encoding`; batches it does not take go to tfx-bsl itself)."""
-    return example_encoding.encode_examples(record_batch)

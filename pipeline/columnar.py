@@ -18,6 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from pipeline.rows import PackedColumn
+from pipeline.wire import NumberColumn, TextColumn
+
 BAD = object()  # the result for a distinct value whose conversion failed: its rows go to the row parser
 
 
@@ -201,8 +204,6 @@ def packed(column: Coded, rows: np.ndarray) -> Sequence:
     None, a :class:`~pipeline.wire.NumberColumn` where every value is a float or None (some float);
     else, and where every value is None, a list. The values read back as themselves, types
     included, with a call per distinct value instead of per row."""
-    from pipeline.wire import NumberColumn, TextColumn
-
     used, codes = np.unique(column.codes[rows], return_inverse=True)
     codes = codes.reshape(-1)
     values = [column.values[i] for i in used.tolist()]
@@ -219,8 +220,6 @@ def packed(column: Coded, rows: np.ndarray) -> Sequence:
 
 def take(column: Sequence, rows) -> Sequence:
     """``column`` at ``rows``, kept packed where it is (see pipeline.wire)."""
-    from pipeline.rows import PackedColumn
-
     return column.take(rows) if isinstance(column, PackedColumn) else select(column, rows)
 
 

@@ -12,10 +12,14 @@ different records share an id with a chance of about 2^-96, which is what de-dup
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.rows import Block, HexIds
+from pipeline.wire import NumberColumn, TextColumn
 
 ID_BYTES = 12
 LANE_SEEDS = (0x6A09E667F3BCC908, 0xBB67AE8584CAA73B)  # the first of SHA-512's initial words
@@ -104,8 +108,6 @@ def _column_hashes(values):
     """Both lanes' hashes of every value of a column: vectorized where the column is packed
     (:mod:`pipeline.wire`) or pyarrow reads it as texts or numbers (per distinct text, per number),
     value by value otherwise."""
-    from pipeline.wire import NumberColumn, TextColumn
-
     if isinstance(values, TextColumn):
         return tuple(lane[values.codes] for lane in _text_lanes(pa.array(values.names, type=pa.string())))
     if isinstance(values, NumberColumn):
@@ -185,3 +187,17 @@ def row_ids(columns: Sequence[Sequence], n: int) -> bytes:
     raw[:, :8] = lanes[0].astype(">u8").view(np.uint8).reshape(n, 8)
     raw[:, 8:] = lanes[1].astype(">u8").view(np.uint8).reshape(n, 8)[:, :ID_BYTES - 8]
     return raw.tobytes()
+
+
+def fingerprint(record: Mapping[str, Any], columns) -> str:
+    """Stable id of a canonical record: equal for exact duplicates, whatever file they came from.
+
+    See :func:`fingerprints`; this is its id for a block of one record."""
+    return fingerprints(Block.from_records([record]), columns)[0]
+
+
+def fingerprints(block: Block, columns) -> HexIds:
+    """Stable ids of the records of ``block`` (see :func:`fingerprint`), one a record: equal for
+    records whose ``columns`` hold equal values, whatever block or file they came from, as
+    :class:`HexIds` (24 lowercase hex digits each; :func:`pipeline.hashing.row_ids` says how)."""
+    return HexIds(row_ids([block.get(name) for name in columns], len(block)), ID_BYTES)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.rows import Reject
+
 logger = logging.getLogger(__name__)
 
 BOM = "\ufeff"
@@ -287,8 +289,6 @@ class _ParserFactory:
         return spec
 
     def __call__(self, source: str):
-        from pipeline.rows import Reject
-
         spec = self._spec(source)
         parse = self._layouts[spec.layout].make_parser(spec.header)
         header = spec.header

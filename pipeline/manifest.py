@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.rows import reason_key
+from pipeline.split import choose_unit
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ def _weighted(element) -> tuple[str, int]:
 
 def split_unit_keys(n_coarse_keys: int, units, split_by: str) -> list[str]:
     """The split unit used and how many distinct values of the coarsest unit the input has."""
-    from pipeline.split import choose_unit
-
     unit = choose_unit(units, split_by, n_coarse_keys)
     return [SEP.join(("split_unit", unit)), SEP.join(("coarse_keys", f"{units[0]}={n_coarse_keys}"))]
 

@@ -26,9 +26,9 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import manifest
-from pipeline.arrow import Rebatch, encode_examples, tfxio_for, to_record_batch
+from pipeline.arrow import Rebatch, raw_schema, tfxio_for, to_record_batch
 from pipeline.io import plan_inputs
-from pipeline.options import PreprocessOptions, UsageError, beam_options, exit_now, local_runner, run_main
+from pipeline.options import PreprocessOptions, UsageError, beam_options, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
 from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
 
@@ -43,7 +43,11 @@ class PredictOptions(PipelineOptions):
     --airports, --window_minutes, --overwrite) are preprocessing's own, so both read records alike."""
 
     @classmethod
-    def _add_argparse_args(cls, parser):
+    def _add_argparse_args(cls, parser):  # Beam's hook for a view's flags
+        cls.add_flags(parser)
+
+    @classmethod
+    def add_flags(cls, parser):
         parser.add_argument("--model_dir", help="the trainer's --job_dir, or an export directory itself")
         parser.add_argument(
             "--output_features", action="store_true",
@@ -97,13 +101,19 @@ def _scalar(row):
 class _KeyAndEncode(beam.DoFn):
     """Batches of records -> (key JSON, serialized raw tf.Example), encoded exactly as OUT/raw is."""
 
-    def __init__(self, arrow_schema, key_columns, feature_columns=()):
+    def __init__(self, raw_schema, arrow_schema, key_columns, feature_columns=()):
+        self._raw_schema = raw_schema
         self._arrow_schema = arrow_schema
         self._key_columns = key_columns
         self._feature_columns = feature_columns
 
+    def setup(self):
+        from tfx_bsl.coders import example_coder
+
+        self._encoder = example_coder.RecordBatchToExamplesEncoder(self._raw_schema)
+
     def process(self, records):
-        examples = encode_examples(to_record_batch(records, self._arrow_schema))
+        examples = self._encoder.encode(to_record_batch(records, self._arrow_schema))
         for record, example in zip(records, examples, strict=True):
             key = {c: record.get(c) for c in self._key_columns}
             key["source"] = record.get("_source")
@@ -126,7 +136,7 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
         cleaned[RECORDS]
         | "BatchRecords" >> beam.ParDo(Rebatch(1024))
         | "KeyAndEncode" >> beam.ParDo(
-            _KeyAndEncode(arrow_schema, key_columns, schema.feature_names if output_features else ())
+            _KeyAndEncode(raw_schema(schema), arrow_schema, key_columns, schema.feature_names if output_features else ())
         )
         | "RunInference" >> RunInference(KeyedModelHandler(SavedModelSignatureHandler(export_dir)))
     )
@@ -169,7 +179,7 @@ def run(argv=None) -> dict:
 
     started = time.time()
     logger.info("predicting %s with %s: %d input files -> %s", dataset_name, export_dir, len(plan), ours.output_dir)
-    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+    with beam.Pipeline(options=options) as p:
         build(p, dataset, plan, layouts, export_dir, ours.output_dir, ours.window_minutes * 60,
               predict_options.output_features)
     summary = manifest.summarize(manifest.read_counts(ours.output_dir), ["predicted"])
@@ -195,4 +205,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    raise SystemExit(main())

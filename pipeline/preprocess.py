@@ -17,31 +17,34 @@ rejected/ and excluded/ (JSON lines with stage and reason), manifest.json (count
 
 from __future__ import annotations
 
-import gc
-import importlib
 import logging
 import os
 import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline import manifest
-from pipeline.arrow import ToRecordBatches, tfxio_for
-from pipeline.io import plan_inputs, single_process
-from pipeline.offload import auto_helpers, helpers_started, offload_map
-from pipeline.options import UsageError, exit_now, local_runner, parse_options, run_main
+from pipeline import flights, manifest, taxi
+from pipeline.arrow import ToRecordBatches, raw_schema, tfxio_for
+from pipeline.io import plan_inputs
+from pipeline.options import UsageError, parse_options, run_main
 from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
-from pipeline.transform import TRANSFORM_MODULES, AnalyzeAndTransformSplits, gzipped_examples, write_tfrecord_shards
+from pipeline.transform import AnalyzeAndTransformSplits, EncodeRawExamples, write_examples
 
 logger = logging.getLogger(__name__)
 
 
+# Each dataset module holds everything dataset-specific: SCHEMA, make_layouts, default_input,
+# WINDOW_FEATURES, WINDOW_BUCKET_SECONDS, SPLIT_UNITS and preprocessing_fn.
+DATASETS = {"flights": flights, "taxi": taxi}
+
+
 def load_dataset(name: str):
-    """The dataset module: SCHEMA, make_layouts, default_input, WINDOW_FEATURES, split_key, preprocessing_fn."""
-    return importlib.import_module(f"pipeline.{name}")
+    """The dataset module named ``name`` (one of :data:`pipeline.options.DATASETS`)."""
+    return DATASETS[name]
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -68,12 +71,12 @@ def delete_tree(path: str) -> None:
 
 
 def build(
-    p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: int, fractions, split_by: str, helpers: int = 0
+    p: beam.Pipeline, dataset, plan, layouts, output_dir: str, window_s: int, fractions, split_by: str
 ) -> None:
     """Wires the graph; must run inside ``tft_beam.Context``."""
     schema = dataset.SCHEMA
     optional = [n for n in schema.example_columns if not schema.columns[n].required]
-    cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s, helpers=helpers)
+    cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s)
     lines, windowed = cleaned[LINES], cleaned[RECORDS]
     units = dataset.SPLIT_UNITS
     coarsest = next(iter(units.values()))
@@ -90,6 +93,7 @@ def build(
         SplitRecords(units, split_by, fractions), beam.pvalue.AsSingleton(n_coarse)
     ).with_output_types(Block, **dict.fromkeys(SPLITS, Block)).with_outputs(*SPLITS)
 
+    raw = raw_schema(schema)
     tfxio = tfxio_for(schema)
     arrow_schema = tfxio.ArrowSchema()
     batches = {}
@@ -99,15 +103,17 @@ def build(
     ]
     for split in SPLITS:
         name = split.capitalize()
-        batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema, helpers=helpers)
+        batches[split] = by_split[split] | f"ToArrow{name}" >> ToRecordBatches(arrow_schema)
         _ = (
             batches[split]
-            | f"EncodeRaw{name}Examples" >> offload_map(gzipped_examples, helpers).with_output_types(bytes)
-            | write_tfrecord_shards(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
+            | f"EncodeRaw{name}Examples" >> EncodeRawExamples(raw)
+            | write_examples(f"WriteRaw{name}Examples", os.path.join(output_dir, "raw", split, "part"))
         )
         # Counted per Arrow batch (the same rows), not per record: one element per batch.
         count_keys.append(batches[split] | f"Count{name}" >> beam.FlatMap(manifest.batch_split_keys, split, optional))
-    _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(dataset.preprocessing_fn, tfxio, output_dir, helpers)
+    _ = batches | "AnalyzeAndTransform" >> AnalyzeAndTransformSplits(
+        dataset.preprocessing_fn, tfxio, raw, output_dir
+    )
 
     count_keys.append(cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir))
     _ = count_keys | "FlattenCounts" >> beam.Flatten() | "WriteCounts" >> manifest.WriteCounts(output_dir)
@@ -131,12 +137,13 @@ def run(argv=None) -> dict:
     prepare_output_dir(output_dir, ours.overwrite)
     temp_dir = os.path.join(output_dir, "_tmp")
 
-    helpers = auto_helpers(ours.helper_processes, single_process(options), sum(f.size for f in plan))
     started = time.time()
-    logger.info("preprocessing %s: %d input files -> %s (%d helper processes)", ours.dataset, len(plan), output_dir, helpers)
-    with helpers_started(helpers, preload=TRANSFORM_MODULES), beam.Pipeline(runner=local_runner(options), options=options) as p:
-        with tft_beam.Context(temp_dir=temp_dir):
-            build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by, helpers)
+    logger.info("preprocessing %s: %d input files -> %s", ours.dataset, len(plan), output_dir)
+    p = beam.Pipeline(options=options)
+    with tft_beam.Context(temp_dir=temp_dir):
+        build(p, dataset, plan, layouts, output_dir, ours.window_minutes * 60, fractions, ours.split_by)
+        result = p.run()
+        result.wait_until_finish()
     wall = time.time() - started
 
     summary = manifest.summarize(manifest.read_counts(output_dir), SPLITS)
@@ -149,10 +156,11 @@ def run(argv=None) -> dict:
             "split_by": ours.split_by,
             "split_fractions": dict(zip(SPLITS, fractions, strict=True)),
             "airports": ours.airports,
-            "runner": options.get_all_options().get("runner") or "DirectRunner",
+            "runner": options.get_all_options().get("runner"),
         },
         "versions": manifest.package_versions(),
         "wall_seconds": round(wall, 1),
+        "largest_window_group": largest_window_group(result),
     }
     manifest.write_json(os.path.join(output_dir, "manifest.json"), result)
     delete_tree(os.path.join(output_dir, manifest.COUNTS_DIR))
@@ -168,6 +176,17 @@ def run(argv=None) -> dict:
     return result
 
 
+def largest_window_group(result) -> int | None:
+    """The most rows (records and events) one window group held, from the runner's metrics: the
+    figure that must not grow with the input's length. None where the runner reports no metrics."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace("window").with_name("group_rows"))
+    except NotImplementedError:
+        return None
+    maxima = [d.committed.max for d in found["distributions"] if d.committed and d.committed.count]
+    return max(maxima) if maxima else None
+
+
 def _log_summary(m: dict) -> None:
     logger.info(
         "read %d rows: %d written (%s), %d rejected, %d excluded in %.1fs",
@@ -181,21 +200,9 @@ def _log_summary(m: dict) -> None:
         logger.info("  excluded: %s x%d", reason, n)
 
 
-def tune_gc() -> None:
-    """Fewer runs of Python's cyclic garbage collector, for this process only.
-
-    The in-process DirectRunner keeps every element of every PCollection alive, millions of small
-    dicts and tuples, and the collector rescans them again and again although records form no
-    reference cycles (about a tenth of the run's time at 300k rows). Objects are still freed by
-    reference counting as before; only the search for cycles runs less often. Outputs are unchanged.
-    """
-    gc.set_threshold(50_000, 20, 100)
-
-
 def main(argv=None) -> int:
-    tune_gc()
     return run_main(run, argv)
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    raise SystemExit(main())

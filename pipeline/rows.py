@@ -8,16 +8,17 @@ rows read = rows in splits + rows rejected + rows excluded.
 
 from __future__ import annotations
 
+import array
 import itertools
 import json
 import logging
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import apache_beam as beam
+import numpy as np
 
-from pipeline.offload import HelpedDoFn
+from pipeline.compression import compress, decompress
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +142,12 @@ class PackedText(PackedColumn):
 
     @classmethod
     def of(cls, texts: Sequence) -> PackedText:
-        import array
-
-        from pipeline.compression import compress
-
         encoded = [b"" if t is None else t.encode("utf-8") for t in texts]
         lengths = array.array("q", (-1 if t is None else len(e) for t, e in zip(texts, encoded, strict=True)))
         return cls(compress(lengths.tobytes() + b"".join(encoded), "zstd"), len(lengths))
 
     def _unpacked(self) -> list:
         if self._values is None:
-            import array
-
-            from pipeline.compression import decompress
-
             data, lengths = decompress(self._blob), array.array("q")
             lengths.frombytes(data[:8 * self._n])
             values, at = [], 8 * self._n
@@ -228,13 +221,9 @@ class HexIds(PackedColumn):
 
     def array(self):
         """The ids as a numpy array of fixed-width bytes (dtype ``S<width>``), sharing the buffer."""
-        import numpy as np
-
         return np.frombuffer(self.raw, dtype=f"S{self.width}")
 
     def take(self, rows) -> HexIds:
-        import numpy as np
-
         return HexIds(self.array()[np.asarray(rows, dtype=np.int64)].tobytes(), self.width)
 
     def __len__(self) -> int:
@@ -306,178 +295,5 @@ def _is_value(word: str) -> bool:
         return any(ch.isdigit() for ch in word)
 
 
-class ParseRows(beam.DoFn):
-    """(source, line) -> canonical record, or a ``rejected``/``excluded`` tagged entry.
-
-    ``make_parser(source)`` returns the function for that file's layout; it may raise
-    :class:`Reject` or :class:`Exclude`. Any other exception is a reject too, with its message, so a
-    single odd row never stops a run. ``schema.check`` then applies the declared ranges.
-    """
-
-    def __init__(self, make_parser: Callable[[str], Callable[[str], dict]], schema, labelled: bool = True):
-        self._make_parser = make_parser
-        self._schema = schema
-        self._labelled = labelled
-        self._parsers: dict[str, Callable] = {}
-        # Live progress in the runner's UI (Dataflow console); the manifest's exact counts come from data.
-        self._counters = {k: beam.metrics.Metrics.counter("parse", k) for k in ("rows", REJECTED, EXCLUDED)}
-
-    def process(self, element):
-        for out in self._process(element):
-            tag = out.tag if isinstance(out, beam.pvalue.TaggedOutput) else "rows"
-            self._counters[tag].inc()
-            yield out
-
-    def _process(self, element):
-        source, raw = element
-        try:
-            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        except UnicodeDecodeError as e:
-            text = raw.decode("utf-8", errors="backslashreplace")
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, dead_letter("parse", f"line: not valid UTF-8 at byte {e.start}", source, text)
-            )
-            return
-        line = line.lstrip("\ufeff").rstrip("\r\n")
-        if not line.strip():
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("parse", "line: empty", source, line))
-            return
-        parser = self._parsers.get(source)
-        if parser is None:
-            parser = self._parsers[source] = self._make_parser(source)
-        try:
-            record = parser(line)
-        except Exclude as e:
-            yield beam.pvalue.TaggedOutput(EXCLUDED, dead_letter("parse", str(e), source, line))
-            return
-        except Reject as e:
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("parse", str(e), source, line))
-            return
-        except Exception as e:  # noqa: BLE001 - a row must never crash the run; it is kept with its error
-            reason = f"unparseable: {type(e).__name__}: {e}"
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("parse", reason, source, line))
-            return
-        reason = self._schema.check(record, self._labelled)
-        if reason:
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("validate", reason, source, line))
-            return
-        record[SOURCE] = source
-        record[LINE] = line
-        yield record
-
-
-class ParseChunks(HelpedDoFn, ParseRows):
-    """(source, [line, ...]) -> one :class:`Block` of canonical records per chunk, with
-    ``rejected``/``excluded`` entries as ParseRows gives them, one by one.
-
-    Each record gets ``id_field``: the fingerprint of its canonical columns, equal for exact copies
-    (which the windowing stage, where copies meet, de-duplicates). Where the layout has a block
-    parser (see ``pipeline.columnar``), it takes the chunk column by column and hands back to the
-    row parser only the rows it cannot vouch for.
-    """
-
-    def __init__(self, make_parser, schema, labelled: bool = True, id_field: str = "_id", helpers: int = 0):
-        super().__init__(make_parser, schema, labelled)
-        self._id_field = id_field
-        self._columns = tuple(schema.columns)
-        self._blocks: dict[str, Callable | None] = {}
-        self._block_rows = beam.metrics.Metrics.counter("parse", "block_rows")
-        self.helpers = helpers  # parse_chunk in helper processes (pipeline.offload.HelpedDoFn)
-
-    def helped_fn(self):
-        return self.parse_chunk
-
-    def process(self, element):
-        yield from self.offer(element)
-
-    def finish_bundle(self):
-        yield from self.drained()
-
-    def outputs_of(self, parsed):
-        block, dead_letters, counts, block_rows = parsed
-        for tag, entry in dead_letters:
-            yield beam.pvalue.TaggedOutput(tag, entry)
-        for tag, n in counts.items():
-            self._counters[tag].inc(n)
-        self._block_rows.inc(block_rows)
-        if block is not None:
-            yield block
-
-    def parse_chunk(self, element) -> tuple[Block | None, list, dict, int]:
-        """(source, [line, ...]) -> (the block of its records or None, [(tag, dead letter), ...],
-        counts by tag, rows the block parser took). Pure, with no Beam output or metric, so that a
-        helper process can run it (:mod:`pipeline.offload`)."""
-        source, lines = element
-        fast, taken = self._parse_block(source, lines)
-        counts = {"rows": 0, REJECTED: 0, EXCLUDED: 0}
-        records, dead_letters = [], []
-        for i, raw in enumerate(lines):
-            if i in taken:
-                continue
-            for out in self._process((source, raw)):
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    counts[out.tag] += 1
-                    dead_letters.append((out.tag, out.value))
-                else:
-                    records.append(out)
-        slow = Block.from_records(records)
-        slow = slow.replace(**{self._id_field: fingerprints(slow, self._columns)})
-        block = Block.concat([fast, slow]) if fast is not None else slow
-        counts["rows"] = len(block)
-        return (block if len(block) else None), dead_letters, counts, len(taken)
-
-    def _parse_block(self, source: str, lines) -> tuple[Block | None, set]:
-        """The block of the lines the layout's block parser took, and their indices in ``lines``;
-        (None, empty) where the layout has none."""
-        if source not in self._blocks:
-            make = getattr(self._make_parser, "block", None)
-            self._blocks[source] = make(source) if make else None
-        parse = self._blocks[source]
-        if parse is None:
-            return None, set()
-        texts, at = [], []
-        for i, raw in enumerate(lines):
-            if isinstance(raw, bytes):
-                try:
-                    raw = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-            text = raw.lstrip("\ufeff").rstrip("\r\n")
-            if text.strip():
-                texts.append(text)
-                at.append(i)
-        try:
-            columns, rows = parse(texts)
-        except Exception:  # a bug in the fast path must not lose rows: the row parser takes the chunk
-            logger.exception("block parser failed on a chunk of %s; parsing it row by row", source)
-            return None, set()
-        import numpy as np
-
-        from pipeline.wire import TextColumn
-
-        block = Block(
-            {**columns, SOURCE: TextColumn([source], np.zeros(len(rows), dtype=np.int32)), LINE: [texts[j] for j in rows]},
-            len(rows),
-        )
-        block = block.replace(**{self._id_field: fingerprints(block, self._columns)})
-        return block, {at[j] for j in rows}
-
-
 def to_json_line(entry: Mapping[str, Any]) -> str:
     return json.dumps(entry, sort_keys=True, default=str)
-
-
-def fingerprint(record: Mapping[str, Any], columns) -> str:
-    """Stable id of a canonical record: equal for exact duplicates, whatever file they came from.
-
-    See :func:`fingerprints`; this is its id for a block of one record."""
-    return fingerprints(Block.from_records([record]), columns)[0]
-
-
-def fingerprints(block: Block, columns) -> HexIds:
-    """Stable ids of the records of ``block`` (see :func:`fingerprint`), one a record: equal for
-    records whose ``columns`` hold equal values, whatever block or file they came from, as
-    :class:`HexIds` (24 lowercase hex digits each; :func:`pipeline.hashing.row_ids` says how)."""
-    from pipeline.hashing import ID_BYTES, row_ids
-
-    return HexIds(row_ids([block.get(name) for name in columns], len(block)), ID_BYTES)

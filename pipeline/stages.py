@@ -9,7 +9,8 @@ import apache_beam as beam
 
 from pipeline import manifest
 from pipeline.io import ReadRawLines, parser_factory
-from pipeline.rows import EXCLUDED, REJECTED, Block, ParseChunks, to_json_line
+from pipeline.parse import ParseChunks
+from pipeline.rows import EXCLUDED, REJECTED, Block, to_json_line
 from pipeline.windowing import ID, WindowChunks
 
 LINES = "lines"
@@ -28,10 +29,9 @@ class CleanAndWindow(beam.PTransform):
     Exact duplicates are removed in the windowing group, where copies meet.
     """
 
-    def __init__(self, dataset, plan, layouts, window_s: int, labelled: bool = True, helpers: int = 0):
+    def __init__(self, dataset, plan, layouts, window_s: int, labelled: bool = True):
         super().__init__()
         self._labelled = labelled
-        self._helpers = helpers
         self._dataset = dataset
         self._plan = plan
         self._layouts = layouts
@@ -41,10 +41,10 @@ class CleanAndWindow(beam.PTransform):
         schema = self._dataset.SCHEMA
         lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
-            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled, ID, self._helpers)
+            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled, ID)
         ).with_output_types(Block).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
         windowed = parsed[RECORDS] | "DeduplicateAndAddWindowFeatures" >> WindowChunks(
-            self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS, self._helpers
+            self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )
         rejected = (parsed[REJECTED], windowed[REJECTED]) | "FlattenRejected" >> beam.Flatten()
         return {LINES: lines, RECORDS: windowed[RECORDS], PARSED: parsed[RECORDS], REJECTED: rejected,

@@ -39,10 +39,10 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline.columnar import encode, floats, select, take
 from pipeline.compression import compress, decompress
-from pipeline.offload import HelpedDoFn
 from pipeline.rows import LINE, REJECTED, SOURCE, Block, HexIds, PackedText, as_block, dead_letter
 from pipeline.wire import NumberColumn, TextColumn, column_values, column_wire, pack_block, unpack_block
 
@@ -531,14 +531,18 @@ def _first_of_each(ids: np.ndarray, group: np.ndarray) -> np.ndarray:
     return first
 
 
-class _Batched(HelpedDoFn, beam.DoFn):
+def _in_global_window(out):
+    """An output of ``finish_bundle`` (which must say its window): in the global window."""
+    if isinstance(out, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value_at_end_of_window(out.value))
+    return GlobalWindows.windowed_value_at_end_of_window(out)
+
+
+class _Batched(beam.DoFn):
     """Collects the time-bucket groups of a bundle and computes them together, ``batch_rows`` rows
     at a time: numpy's cost per call, not per row, is what small groups spend most on."""
 
-    batch_rows = 50_000  # helpers: processes for the batches' computation (HelpedDoFn), set by WindowChunks
-
-    def helped_fn(self):
-        return self._computed
+    batch_rows = 50_000
 
     def start_bundle(self):
         self._pending, self._rows = [], 0
@@ -552,34 +556,17 @@ class _Batched(HelpedDoFn, beam.DoFn):
     def _flush(self):
         pending, self._pending, self._rows = self._pending, [], 0
         if pending:
-            yield from self.offer(pending)
-
-    def _computed(self, pending) -> list:
-        """The outputs of a batch as a list: what a helper process computes and sends back."""
-        return list(self._compute_batch(pending))
+            yield from self._compute_batch(pending)
 
     def finish_bundle(self):
-        from pipeline.offload import in_global_window
-
-        yield from map(in_global_window, self._flush())
-        yield from self.drained()
+        yield from map(_in_global_window, self._flush())
 
 
-class _Emitter(HelpedDoFn, beam.DoFn):
-    """Per chunk of records, the (group key, packed blocks) elements of :meth:`_emit`: a pure function of
-    the chunk, computed by helper processes where there are (``helpers``, set by WindowChunks)."""
-
-    def helped_fn(self):
-        return self._emitted
-
-    def _emitted(self, chunk) -> list:
-        return list(self._emit(chunk))
+class _Emitter(beam.DoFn):
+    """Per chunk of records, the (group key, packed blocks) elements of :meth:`_emit`."""
 
     def process(self, chunk):
-        yield from self.offer(chunk)
-
-    def finish_bundle(self):
-        yield from self.drained()
+        yield from self._emit(chunk)
 
 
 class _EmitEventsAndQueries(_Emitter):
@@ -805,9 +792,8 @@ class WindowChunks(beam.PTransform):
     ``pipeline.rows.ParseChunks``), which are de-duplicated here, where they meet anyway.
     """
 
-    def __init__(self, features: Sequence[WindowFeature], window_s: int, bucket_s: int = 86400, helpers: int = 0):
+    def __init__(self, features: Sequence[WindowFeature], window_s: int, bucket_s: int = 86400):
         super().__init__()
-        self._helpers = helpers
         if window_s <= 0:
             raise ValueError("window must be positive")
         self._features = list(features)
@@ -830,30 +816,26 @@ class WindowChunks(beam.PTransform):
         to_final = [
             chunks
             | "EmitRecordsAndEvents"
-            >> beam.ParDo(self._helped(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket)))
+            >> beam.ParDo(_EmitRecordsAndEvents(self._final, names, self._window, self._bucket))
             .with_output_types(keyed)
         ]
         for kg in self._others:
             to_final.append(
                 chunks
                 | f"EmitEventsAndQueries_{kg.label}"
-                >> beam.ParDo(self._helped(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket)))
+                >> beam.ParDo(_EmitEventsAndQueries(kg, self._final, self._window, self._bucket))
                 | f"GroupByKeyAndTimeBucket_{kg.label}" >> beam.GroupByKey()
-                | f"AggregateLookback_{kg.label}" >> beam.ParDo(self._helped(_AggregateQueries(kg, self._window))).with_output_types(keyed)
+                | f"AggregateLookback_{kg.label}" >> beam.ParDo(_AggregateQueries(kg, self._window)).with_output_types(keyed)
             )
         grouped = to_final | "FlattenRecordsAndResults" >> beam.Flatten() if len(to_final) > 1 else to_final[0]
         return (
             grouped
             | "GroupByKeyAndTimeBucket" >> beam.GroupByKey()
             | "AggregateLookback"
-            >> beam.ParDo(self._helped(_AggregateRecords(self._final, self._window)))
+            >> beam.ParDo(_AggregateRecords(self._final, self._window))
             .with_output_types(Block)
             .with_outputs(REJECTED, main=RECORDS)
         )
-
-    def _helped(self, dofn: HelpedDoFn) -> HelpedDoFn:
-        dofn.helpers = self._helpers
-        return dofn
 
 
 def _duplicate_id(entry):

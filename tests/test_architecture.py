@@ -1,17 +1,49 @@
-"""The module boundaries of ARCHITECTURE.md, checked: the trainer never imports pipeline/; schemas/ imports nothing of ours."""
+"""The module rules of ARCHITECTURE.md, checked: the trainer never imports pipeline/; schemas/ imports
+nothing of ours; no import cycles; our modules import each other at the top, and no code of ours
+reaches for a private name of Beam, tensorflow-transform, tfx-bsl or TensorFlow."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
 from tests.conftest import REPO
+
+PACKAGES = ("pipeline", "trainer", "schemas")
+LIBRARIES = ("apache_beam", "tensorflow_transform", "tfx_bsl", "tensorflow", "tf_keras", "tensorflow_metadata")
+# The one module of ours imported inside functions: it imports TensorFlow, needed only where a graph is built.
+HEAVY = {"pipeline.features"}
 
 
 def _imported_after(code: str) -> set[str]:
     probe = f"import sys; {code}; print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in ('pipeline', 'trainer', 'schemas'))))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
     return set(out.stdout.split())
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            found[name] = ast.parse(path.read_text(), str(path))
+    return found
+
+
+def _imports(tree: ast.Module, ours: set[str]):
+    """(module imported, at top level?) for each import of one of ``ours`` in ``tree``."""
+    top = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in ours else node.module for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name in ours:
+                yield name, id(node) in top
 
 
 def test_trainer_never_imports_the_pipeline():
@@ -23,3 +55,80 @@ def test_trainer_never_imports_the_pipeline():
 def test_schemas_import_nothing_of_ours():
     modules = _imported_after("import schemas.flights, schemas.taxi")
     assert {m.split(".")[0] for m in modules} == {"schemas"}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_and_our_modules_are_imported_at_the_top():
+    modules = _modules()
+    ours = set(modules)
+    graph = {name: {m for m, _ in _imports(tree, ours) if m != name} for name, tree in modules.items()}
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check finds one
+    inside = sorted(f"{name} imports {m} inside a function" for name, tree in modules.items()
+                    for m, at_top in _imports(tree, ours) if not at_top and m not in HEAVY and m != name.split(".")[0])
+    assert inside == []
+
+
+def _private_uses(tree: ast.Module) -> list[str]:
+    """Names starting with one underscore taken from a library module or object imported from one."""
+    aliases = {}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in LIBRARIES:
+                    aliases[(a.asname or a.name).split(".")[0]] = a.name
+                    found += [f"import {a.name}" for part in a.name.split(".") if part.startswith("_")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
+            private = [p for p in node.module.split(".") if p.startswith("_")]
+            private += [a.name for a in node.names if a.name.startswith("_")]
+            found += [f"from {node.module} import {p}" for p in private]
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in aliases:
+                found.append(f"{ast.unparse(node)} (line {node.lineno})")
+    return found
+
+
+def test_no_private_name_of_beam_tft_tfx_bsl_or_tensorflow_is_used():
+    found = {name: uses for name, tree in _modules().items() if (uses := _private_uses(tree))}
+    assert found == {}
+    probe = ast.parse("import apache_beam as beam\nfrom apache_beam.io import tfrecordio\n"
+                      "from tensorflow_transform.beam import _private\nx = tfrecordio._default_crc32c_fn\n"
+                      "y = beam.io.filesystem._helper\nz = beam.Pipeline()\n")
+    assert len(_private_uses(probe)) == 3  # the check finds what it looks for

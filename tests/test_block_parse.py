@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from pipeline import flights
 from pipeline.io import InputFile, parser_factory
-from pipeline.rows import EXCLUDED, REJECTED, Block, Exclude, ParseChunks, ParseRows, Reject
+from pipeline.parse import ParseChunks, ParseRows
+from pipeline.rows import EXCLUDED, REJECTED, Block, Exclude, Reject
 from schemas.flights import SCHEMA
 from tests.conftest import shared_file
 from tests.test_flights_parse import BTS_HEADER, KAGGLE_HEADER, LAYOUTS, bts_row
@@ -259,7 +260,7 @@ def test_csv_columns_are_split_csv_encoded(lines):
 def test_fingerprints_of_a_block_equal_each_records_fingerprint():
     """The block's ids are built a column at a time: each equals the record's id alone, also where
     values of one column have several types (0.0 and -0.0, 1 and 1.0 and True, a text among numbers)."""
-    from pipeline.rows import fingerprint, fingerprints
+    from pipeline.hashing import fingerprint, fingerprints
 
     columns = ["s", "f", "i", "mixed", "none"]
     records = [
@@ -283,7 +284,8 @@ def test_a_fingerprint_depends_on_the_record_alone_and_tells_records_apart():
     near miss below (one character, a sign, a type, a missing value, a trailing NUL) another id."""
     import random
 
-    from pipeline.rows import HexIds, fingerprint, fingerprints
+    from pipeline.hashing import fingerprint, fingerprints
+    from pipeline.rows import HexIds
 
     columns = ["a", "b"]
     long_text = "x" * 300  # over pipeline.hashing._LONG_TEXT bytes: hashed another way

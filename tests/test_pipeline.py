@@ -13,10 +13,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import flights, manifest
 from pipeline.airports import load_airports
+from pipeline.hashing import fingerprint
 from pipeline.io import InputError, InputFile, parser_factory, plan_inputs, read_lines, read_ranges
 from pipeline.options import UsageError, parse_options
+from pipeline.parse import ParseRows
 from pipeline.preprocess import run
-from pipeline.rows import EXCLUDED, REJECTED, ParseRows, fingerprint, reason_key
+from pipeline.rows import EXCLUDED, REJECTED, reason_key
 from pipeline.split import MIN_KEYS_FOR_COARSE_UNIT, assign_split, choose_unit, hash_fraction, parse_fractions
 from pipeline.windowing import ID, RECORDS, WindowChunks, WindowFeature
 from schemas.flights import SCHEMA, TRANSFORMED_SOURCES
@@ -178,30 +180,19 @@ def test_options_validate_ours_and_pass_beams_through():
         parse_options(["--dataset", "flights", "--output_dir", "/x", "--window_minutes", "0"])
 
 
-def test_help_lists_our_flags_and_options_views_are_made_once(capsys):
-    """--help shows the flags (Beam's parser alone printed an empty usage line); a view of a class is
-    made once and shares its values with every other view, and none travels with a copy or pickle."""
-    import copy
-    import pickle
-
-    from apache_beam.options.pipeline_options import StandardOptions, TypeOptions
-
-    from pipeline.options import PreprocessOptions
-
+def test_help_lists_our_flags_and_local_runs_default_to_beams_python_engine(capsys):
+    """--help shows the flags (Beam's parser alone prints an empty usage line); without --runner a
+    batch run gets FnApiRunner, which honours --direct_running_mode; any --runner given is kept."""
     with pytest.raises(SystemExit) as exited:
         parse_options(["--help"])
     shown = capsys.readouterr().out
     assert exited.value.code == 0
     assert "--window_minutes" in shown and "--split_by" in shown and "--runner" in shown
 
-    options, ours = parse_options(["--dataset", "taxi", "--output_dir", "/tmp/x", "--no_pipeline_type_check"])
-    assert options.view_as(TypeOptions) is options.view_as(TypeOptions)
-    assert options.view_as(TypeOptions).pipeline_type_check is False
-    options.view_as(StandardOptions).streaming = True  # a value set through one view is seen by the others
-    assert options.get_all_options()["streaming"] is True and ours is options.view_as(PreprocessOptions)
-    for other in (copy.deepcopy(options), pickle.loads(pickle.dumps(options))):
-        assert "_views" not in other.__dict__
-        assert other.view_as(StandardOptions).streaming is True and other.view_as(PreprocessOptions).dataset == "taxi"
+    base = ["--dataset", "taxi", "--output_dir", "/tmp/x"]
+    assert parse_options(base)[0].get_all_options()["runner"] == "FnApiRunner"
+    assert parse_options(base + ["--runner", "DataflowRunner"])[0].get_all_options()["runner"] == "DataflowRunner"
+    assert parse_options(base + ["--streaming"])[0].get_all_options()["runner"] is None
 
 
 def test_inputs_are_planned_per_file_with_gzip_and_layout_detection(tmp_path):
@@ -416,149 +407,17 @@ def test_compressed_buffers_name_their_codec():
         decompress(b"Xabc")
 
 
-def test_tfrecord_framing_is_byte_for_byte_beams(tmp_path):
-    """Shards are framed per batch, not through WriteToTFRecord: the bytes must be what Beam's own
-    framing writes, record after record (empty, one byte, repeated lengths, a long record), and
-    tf.data must read the records back."""
-    import io
-
-    import tensorflow as tf
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
-    from pipeline.transform import frame_tfrecords
-
-    records = [b"", b"\x00", b"abc", b"xyz", b"abc", bytes(range(256)) * 300]
-    expected = io.BytesIO()
-    for record in records:
-        _TFRecordUtil.write_record(expected, record)
-    framed = frame_tfrecords(records)
-    assert framed == expected.getvalue()
-    path = tmp_path / "part.tfrecord"
-    path.write_bytes(framed)
-    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
-
-
-@pytest.mark.parametrize("codec", ["isal", "zlib"])
-def test_shards_are_gzip_members_one_per_batch_read_back_as_one_stream(tmp_path, monkeypatch, codec):
-    """Each batch is compressed as a gzip member where it is encoded (ISA-L where installed, a
-    dependency; zlib where not) and a shard is its members one after the other: Python's gzip,
-    tf.data and Beam read the records back in order; a shard given nothing is an empty gzip file; a
-    write error is raised, and the file closed."""
-    import gzip
-    import sys
-    import zlib
-
-    import tensorflow as tf
-
-    from pipeline.transform import _ShardFile, frame_tfrecords, gzip_member
-
-    if codec == "zlib":
-        monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed: the import fails
-    sample = b"flights " * 1000
-    assert (gzip_member(sample) == zlib.compress(sample, 1, wbits=31)) is (codec == "zlib")  # which compressor ran
-    records = [b"r%d" % i * (i + 1) for i in range(3000)]
-    batches = [records[start:start + 100] for start in range(0, len(records), 100)]
-    path = tmp_path / "part.tfrecord.gz"
-    shard = _ShardFile(open(path, "wb"))  # noqa: SIM115 - the shard closes it
-    for batch in batches:
-        shard.write(gzip_member(frame_tfrecords(batch)))
-    shard.close()
-    data = path.read_bytes()
-    assert data.count(b"\x1f\x8b\x08") >= len(batches)  # one member a batch
-    assert gzip.decompress(data) == frame_tfrecords(records)
-    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
-    with beam.Pipeline() as p:
-        read = p | beam.io.ReadFromTFRecord(str(path)) | beam.combiners.ToList()
-        assert_that(read, equal_to([records]))
-
-    empty = tmp_path / "empty.tfrecord.gz"
-    _ShardFile(open(empty, "wb")).close()  # noqa: SIM115
-    assert gzip.decompress(empty.read_bytes()) == b""
-    assert list(tf.data.TFRecordDataset(str(empty), compression_type="GZIP")) == []
-
-    class Failing:
-        closed = False
-
-        def write(self, data):
-            raise OSError("disk full")
-
-        def close(self):
-            self.closed = True
-
-    raw = Failing()
-    shard = _ShardFile(raw)
-    with pytest.raises(OSError, match="disk full"):
-        shard.write(gzip_member(b"x" * 100))
-    with pytest.raises(OSError, match="disk full"):  # nothing was written: the empty member fails too
-        shard.close()
-    assert raw.closed
-
-
-@pytest.mark.parametrize("flags, reshuffled", [
-    ([], False),  # DirectRunner in memory: one process, nobody to hand chunks to
-    (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], True),
-    (["--direct_running_mode", "multi_threading"], True),
-])
-def test_lines_are_reshuffled_only_where_other_workers_can_take_them(tmp_path, flags, reshuffled):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipeline.airports import load_airports
-    from pipeline.io import ReadRawLines, plan_inputs
-    from tests.test_bad_input import BTS_HEADER, GOOD
-
-    path = tmp_path / "a.csv"
-    path.write_text(BTS_HEADER + "\n" + "\n".join(GOOD) + "\n")
-    layouts = flights.layouts(load_airports())
-    p = beam.Pipeline(options=PipelineOptions(flags))
-    _ = p | "ReadRawLines" >> ReadRawLines(plan_inputs(str(path), layouts), layouts)
-    labels = {t.full_label for t in p.transforms_stack[0].parts[0].parts}
-    assert ("ReadRawLines/ReshuffleChunks" in labels) is reshuffled
-    assert "ReadRawLines/ReadChunks" in labels
-
-
 def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.io import single_process
 
     assert single_process(PipelineOptions(["--runner", "DirectRunner"]))
+    assert single_process(PipelineOptions(["--runner", "FnApiRunner"]))
     assert single_process(PipelineOptions(["--runner", "apache_beam.runners.portability.fn_api_runner.FnApiRunner"]))
     for flags in (["--runner", "DataflowRunner"], ["--runner", "PortableRunner"], ["--runner", "FlinkRunner"],
                   ["--direct_running_mode", "multi_processing"]):
         assert not single_process(PipelineOptions(flags)), flags
-
-
-def test_local_runs_name_the_python_engine_instead_of_downloading_prism():
-    """DirectRunner (the default) would first fetch Prism from GitHub; local batch runs get FnApiRunner,
-    with the run's options; any other runner, and a streaming run, are left to Beam."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-
-    from pipeline.options import local_runner
-
-    for flags in ([], ["--runner", "DirectRunner"], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]):
-        runner = local_runner(PipelineOptions(flags))
-        assert isinstance(runner, FnApiRunner), flags
-        passed = dict(runner._provision_info.provision_info.pipeline_options)  # noqa: SLF001
-        for flag, value in zip(flags[::2], flags[1::2], strict=True):
-            assert str(passed[f"beam:option:{flag[2:]}:v1"]) == value
-    for flags in (["--runner", "DataflowRunner"], ["--runner", "PrismRunner"], ["--runner", "PortableRunner"],
-                  ["--streaming"]):
-        assert local_runner(PipelineOptions(flags)) is None, flags
-
-
-def test_local_runs_end_their_bundles_without_waiting_long_for_beams_state_sampler():
-    """Each bundle's end joins Beam's state-sampling thread, which sleeps up to its period between
-    samples (200 ms by default); a local run lowers the period for this process."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.worker import statesampler
-    from apache_beam.utils.counters import CounterFactory
-
-    from pipeline.options import STATE_SAMPLING_MS, local_runner
-
-    local_runner(PipelineOptions([]))
-    assert statesampler.StateSampler("step", CounterFactory()).sampling_period_ms == STATE_SAMPLING_MS == 10
-    assert statesampler.StateSampler("step", CounterFactory(), sampling_period_ms=300).sampling_period_ms == 300
 
 
 def test_hex_ids_pack_only_lowercase_hex_of_one_length_and_read_back_the_same():

@@ -24,7 +24,6 @@ import os
 import pathlib
 import pickle
 import pickletools
-import re
 import subprocess
 import sys
 
@@ -174,17 +173,10 @@ def _violations(path: pathlib.Path) -> list[str]:
     return found
 
 
-# The one exception: pipeline/offload.py hands elements of this process to its own helper processes and back,
-# pickled, through a directory only this user can enter (mkdtemp, mode 0700; tests/test_offload.py checks it),
-# as multiprocessing itself would through a pipe. Nothing read from outside the run is unpickled there.
-OWN_PROCESSES_PICKLE = {"pipeline/offload.py"}
-
-
 def test_serving_and_pipeline_code_never_evaluates_nor_unpickles():
     files = _code_files()
     assert len(files) > 10
-    violations = [v for f in files for v in _violations(f)
-                  if not (str(f.relative_to(REPO)) in OWN_PROCESSES_PICKLE and re.search(r": (imports|calls) pickle\b", v))]
+    violations = [v for f in files for v in _violations(f)]
     assert not violations, violations
 
 
