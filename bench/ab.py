@@ -5,7 +5,9 @@ other jobs falls on both alike, and reports the medians and their ratio.
     python -m bench.ab --before /tmp/base_tree --after . --size 100000 --rounds 3 [--mode in_memory]
 
 Each round runs ``python -m pipeline.preprocess`` once per tree (order alternating), on the same
-generated input (see bench.preprocess).
+generated input (see bench.preprocess), and compares wall and CPU time (user + sys of all the run's
+processes). It imports nothing of pipeline/: each tree runs only as a command, and only its
+manifest.json is read.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
         summary[label] = {
             "wall_s_median": median([r["wall_s"] for r in ok]),
             "wall_s_all": [r["wall_s"] for r in ok],
+            "cpu_s_median": median([r["cpu_s"] for r in ok if r.get("cpu_s") is not None]),
             "pipeline_wall_s_median": median([r["pipeline_wall_s"] for r in ok]),
             "rows_per_s_median": median([r["rows_per_s"] for r in ok]),
             "max_rss_mib_median": median([r["max_rss_mib"] for r in ok]),
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
     report = {"machine": machine(), "size": args.size, "mode": args.mode, "trees": trees, "summary": summary,
               "speedup_wall": round(b["wall_s_median"] / a["wall_s_median"], 2),
               "speedup_pipeline": round(b["pipeline_wall_s_median"] / a["pipeline_wall_s_median"], 2),
+              "cpu_ratio_after_over_before": round(a["cpu_s_median"] / b["cpu_s_median"], 3),
               "runs": runs}
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
     write_report(report, args.json)

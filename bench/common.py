@@ -119,6 +119,11 @@ def run_child(cmd: Sequence[str], timeout_s: float, env: dict | None = None, cwd
     (``getrusage(RUSAGE_CHILDREN)``, measured in a fresh wrapper process so earlier runs do not
     count). ``tree_rss_mib``: the peak of the summed RSS of the whole process tree, sampled every
     0.25 s (what multi-process runners really use together).
+
+    ``cpu_user_s`` / ``cpu_sys_s`` / ``cpu_s``: the CPU time of the child and all its descendants,
+    from ``getrusage(RUSAGE_CHILDREN)`` in the fresh wrapper. The wrapper makes itself a child
+    subreaper (Linux ``prctl``), so a descendant whose parent left without waiting for it
+    (``os._exit``) is handed to the wrapper and waited for there: its CPU time counts too.
     """
     wrapper = [sys.executable, "-c", _WRAPPER, json.dumps(list(cmd))]
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
@@ -147,17 +152,33 @@ def run_child(cmd: Sequence[str], timeout_s: float, env: dict | None = None, cwd
         "rc": inner.get("rc", rc) if rc == 0 else rc,
         "wall_s": round(wall, 2),
         "max_rss_mib": round(inner.get("max_rss_kb", 0) / 1024, 1),
+        "cpu_user_s": inner.get("cpu_user_s"),
+        "cpu_sys_s": inner.get("cpu_sys_s"),
+        "cpu_s": round(inner["cpu_user_s"] + inner["cpu_sys_s"], 2) if "cpu_user_s" in inner else None,
         "tree_rss_mib": round(sampler.peak / 2**20, 1),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in load_average()],
     }
 
 
-# Runs the command as its child and prints its exit code and RUSAGE_CHILDREN max RSS as JSON.
+# Runs the command as its child and prints its exit code, RUSAGE_CHILDREN max RSS and CPU time as
+# JSON. As a child subreaper (PR_SET_CHILD_SUBREAPER = 36) it inherits orphaned descendants and waits
+# for all of them before reading its children's usage, so none of their CPU time is lost.
 _WRAPPER = r"""
-import json, resource, subprocess, sys
+import ctypes, json, os, resource, subprocess, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
 rc = subprocess.call(json.loads(sys.argv[1]), stdout=sys.stderr)
-print(json.dumps({"rc": rc, "max_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "max_rss_kb": u.ru_maxrss, "cpu_user_s": round(u.ru_utime, 3),
+                  "cpu_sys_s": round(u.ru_stime, 3)}))
 """
 
 

@@ -2,6 +2,7 @@
 
     python -m bench.same_output OUT_A OUT_B
 
+Shards are read as gzip when named ``*.tfrecord.gz`` and uncompressed otherwise (``*.tfrecord``).
 Compares, per split, the multiset of raw tf.Examples (parsed, re-serialized deterministically:
 the encoder's feature-map order varies from run to run, and shard boundaries may move), the
 transformed tf.Examples (ints and strings exactly, floats within 1e-5: tensorflow-transform's
@@ -19,14 +20,21 @@ import os
 import sys
 
 
+def _shard_records(pattern: str):
+    """The serialized records of the shards matching ``pattern``: a ``*.tfrecord.gz`` shard read as
+    gzip, any other (``*.tfrecord``) as uncompressed, so outputs of either kind compare."""
+    import tensorflow as tf
+
+    for path in sorted(glob.glob(pattern)):
+        compression = "GZIP" if path.endswith(".gz") else ""
+        yield from tf.data.TFRecordDataset([path], compression_type=compression)
+
+
 def _records(pattern: str) -> list[bytes]:
     import tensorflow as tf
 
-    files = sorted(glob.glob(pattern))
-    if not files:
-        return []
     out = []
-    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+    for raw in _shard_records(pattern):
         example = tf.train.Example.FromString(raw.numpy())
         out.append(example.SerializeToString(deterministic=True))
     return sorted(out)
@@ -36,9 +44,8 @@ def _features(pattern: str) -> list[tuple]:
     """Each example as a tuple of (name, values) sorted by name: floats as float, else as is."""
     import tensorflow as tf
 
-    files = sorted(glob.glob(pattern))
     out = []
-    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP") if files else []:
+    for raw in _shard_records(pattern):
         example = tf.train.Example.FromString(raw.numpy())
         row = []
         for name in sorted(example.features.feature):
