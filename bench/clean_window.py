@@ -59,22 +59,16 @@ def main(argv=None) -> int:
     from bench.stages import per_transform_msecs
     from pipeline import flights
     from pipeline.io import plan_inputs
-    from pipeline.options import local_runner, parse_options
+    from pipeline.options import parse_options
     from pipeline.rows import EXCLUDED, REJECTED
     from pipeline.stages import RECORDS, CleanAndWindow
 
-    try:
-        from pipeline.preprocess import tune_gc
-    except ImportError:  # a tree from before it existed
-        pass
-    else:
-        tune_gc()  # as python -m pipeline.preprocess does
     work = tempfile.mkdtemp(prefix="bench_cw_")
     options, ours = parse_options(["--dataset", "flights", "--output_dir", work, *beam_args])
     layouts = flights.make_layouts(ours)
     plan = plan_inputs(args.input, layouts, None)
     started = time.time()
-    p = beam.Pipeline(runner=local_runner(options), options=options)
+    p = beam.Pipeline(options=options)
     cleaned = p | "CleanAndWindow" >> CleanAndWindow(flights, plan, layouts, args.window_minutes * 60)
     for tag in (RECORDS, REJECTED, EXCLUDED):
         _ = (

@@ -7,7 +7,7 @@ Compares, per split, the multiset of raw tf.Examples (parsed, re-serialized dete
 the encoder's feature-map order varies from run to run, and shard boundaries may move), the
 transformed tf.Examples (ints and strings exactly, floats within 1e-5: tensorflow-transform's
 analyzers are not bit-reproducible between two runs of the same code), the vocabularies and the other transform_fn assets, the raw and transformed schemas,
-the dead-letter entries, and manifest.json except its wall time. Exit 0 when all agree.
+the dead-letter entries, and manifest.json except its wall time and largest window group. Exit 0 when all agree.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def compare(a: str, b: str, notes: list | None = None) -> list[str]:
     with open(os.path.join(b, "manifest.json")) as f:
         mb = json.load(f)
     for m in (ma, mb):
-        m.pop("wall_seconds", None)
+        for key in ("wall_seconds", "largest_window_group"):  # timing, and a figure older runs lack
+            m.pop(key, None)
         m.get("options", {}).pop("runner", None)
         m.pop("inputs", None)  # paths may differ
     if ma != mb:

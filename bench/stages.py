@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     from pipeline import preprocess
     from pipeline.io import plan_inputs
-    from pipeline.options import local_runner, parse_options
+    from pipeline.options import parse_options
     from pipeline.split import parse_fractions
 
     out = tempfile.mkdtemp(prefix="bench_stages_")
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     plan = plan_inputs(args.input, layouts, None)
     fractions = parse_fractions(dataset.SCHEMA.split_fractions)
     started = time.time()
-    p = beam.Pipeline(runner=local_runner(options), options=options)
+    p = beam.Pipeline(options=options)
     with tft_beam.Context(temp_dir=os.path.join(out, "_tmp")):
         preprocess.build(p, dataset, plan, layouts, out, 3600, fractions, "auto")
     result = p.run()

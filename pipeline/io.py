@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.rows import Reject
@@ -39,10 +40,10 @@ class Layout:
     detect: Callable[[str], bool]
     make_parser: Callable[[str], Callable[[str], dict]]
     description: str = ""
-    # Optional: ``make_block_parser(header)`` returns a function taking a chunk of decoded lines and
-    # giving (columns, indices): the records ``make_parser`` would give for the lines at those
-    # indices, as columns; the other lines are the row parser's (see pipeline.columnar).
-    make_block_parser: Callable[[str], Callable[[list[str]], tuple[dict, list[int]]]] | None = None
+    # Optional: ``make_block_parser(header)`` returns a function taking a chunk of decoded lines and its
+    # Verdicts and giving (columns, indices): the records of the lines at those indices, as columns;
+    # every other line gets its reason in the Verdicts (see pipeline.columnar).
+    make_block_parser: Callable[[str], Callable[..., tuple[dict, list[int]]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,11 +310,9 @@ class _ParserFactory:
         parse = make(spec.header)
         header = spec.header
 
-        def parse_block(texts: list[str]) -> tuple[dict, list[int]]:
-            if not (header and header in texts):
-                return parse(texts)
-            others = [i for i, text in enumerate(texts) if text != header]  # a repeated header: the row parser rejects it
-            columns, rows = parse([texts[i] for i in others])
-            return columns, [others[j] for j in rows]
+        def parse_block(texts: list[str], verdicts) -> tuple[dict, list[int]]:
+            if header:
+                verdicts.fail(np.array([text == header for text in texts], dtype=bool), "line: repeated header line")
+            return parse(texts, verdicts)
 
         return parse_block

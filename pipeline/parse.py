@@ -9,7 +9,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.hashing import fingerprints
-from pipeline.rows import EXCLUDED, LINE, REJECTED, SOURCE, Block, Exclude, Reject, dead_letter
+from pipeline.rows import EXCLUDED, LINE, REJECTED, SOURCE, Block, Exclude, Reject, Verdicts, dead_letter
 from pipeline.wire import TextColumn
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class ParseRows(beam.DoFn):
             yield beam.pvalue.TaggedOutput(EXCLUDED, dead_letter("parse", str(e), source, line))
             return
         except Reject as e:
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("parse", str(e), source, line))
+            yield beam.pvalue.TaggedOutput(REJECTED, dead_letter(e.stage, str(e), source, line))
             return
         except Exception as e:  # noqa: BLE001 - a row must never crash the run; it is kept with its error
             reason = f"unparseable: {type(e).__name__}: {e}"
@@ -110,9 +110,10 @@ class ParseChunks(ParseRows):
         counts by tag, rows the block parser took). Pure, with no Beam output or metric, so that a
         unit test can call it."""
         source, lines = element
-        fast, taken = self._parse_block(source, lines)
-        counts = {"rows": 0, REJECTED: 0, EXCLUDED: 0}
-        records, dead_letters = [], []
+        fast, taken, dead_letters = self._parse_block(source, lines)
+        counts = {"rows": 0, REJECTED: len([1 for tag, _ in dead_letters if tag == REJECTED]),
+                  EXCLUDED: len([1 for tag, _ in dead_letters if tag == EXCLUDED])}
+        records = []
         for i, raw in enumerate(lines):
             if i in taken:
                 continue
@@ -128,15 +129,16 @@ class ParseChunks(ParseRows):
         counts["rows"] = len(block)
         return (block if len(block) else None), dead_letters, counts, len(taken)
 
-    def _parse_block(self, source: str, lines) -> tuple[Block | None, set]:
-        """The block of the lines the layout's block parser took, and their indices in ``lines``;
-        (None, empty) where the layout has none."""
+    def _parse_block(self, source: str, lines) -> tuple[Block | None, set, list]:
+        """The block of the records the layout's block parser gave, the indices in ``lines`` of the
+        lines it judged, and [(tag, dead letter), ...] of those it failed; (None, empty, empty) where
+        the layout has none. Lines that are not UTF-8 or are empty are left to :meth:`_process`."""
         if source not in self._blocks:
             make = getattr(self._make_parser, "block", None)
             self._blocks[source] = make(source) if make else None
         parse = self._blocks[source]
         if parse is None:
-            return None, set()
+            return None, set(), []
         texts, at = [], []
         for i, raw in enumerate(lines):
             if isinstance(raw, bytes):
@@ -148,14 +150,17 @@ class ParseChunks(ParseRows):
             if text.strip():
                 texts.append(text)
                 at.append(i)
+        verdicts = Verdicts(len(texts))
         try:
-            columns, rows = parse(texts)
-        except Exception:  # a bug in the fast path must not lose rows: the row parser takes the chunk
+            columns, rows = parse(texts, verdicts)
+        except Exception:  # a bug in the block parser must not lose rows: each is parsed alone, with its error
             logger.exception("block parser failed on a chunk of %s; parsing it row by row", source)
-            return None, set()
+            return None, set(), []
+        dead_letters = [(kind, dead_letter(stage, reason, source, texts[j]))
+                        for j, (kind, stage, reason) in sorted(verdicts.failures.items())]
         block = Block(
             {**columns, SOURCE: TextColumn([source], np.zeros(len(rows), dtype=np.int32)), LINE: [texts[j] for j in rows]},
             len(rows),
         )
         block = block.replace(**{self._id_field: fingerprints(block, self._columns)})
-        return block, {at[j] for j in rows}
+        return block, {at[j] for j in rows} | {at[j] for j in verdicts.failures}, dead_letters

@@ -260,11 +260,36 @@ def as_block(records) -> Block:
 
 
 class Reject(Exception):
-    """Raised by a parser: the row is bad input. The message names the field."""
+    """Raised by a parser: the row is bad input. The message names the field; ``stage``: the stage
+    whose rule failed ("validate" for the schema's ranges)."""
+
+    def __init__(self, reason: str, stage: str = "parse"):
+        super().__init__(reason)
+        self.stage = stage
 
 
 class Exclude(Exception):
     """Raised by a parser: the row is valid but is not labelled data (e.g. cancelled)."""
+
+
+class Verdicts:
+    """Per row of a chunk: still a record, or the (kind, stage, reason) of the first rule it failed.
+
+    A block parser applies its rules in order to all rows of a chunk at once; each rule fails the
+    rows it finds bad, and a row keeps the reason of the first rule that failed it, so a row gets the
+    same reason whatever else its chunk holds: the first rule, in the order written, that it breaks.
+    """
+
+    def __init__(self, n: int):
+        self.ok = np.ones(n, dtype=bool)
+        self.failures: dict[int, tuple[str, str, str]] = {}  # row -> (kind, stage, reason)
+
+    def fail(self, mask: np.ndarray, reason, *, kind: str = REJECTED, stage: str = "parse") -> None:
+        """Fails the rows where ``mask`` is True that no earlier rule failed; ``reason``: the text, or
+        a function of the row's index giving it (called only for the rows failed here)."""
+        for i in np.flatnonzero(np.asarray(mask, dtype=bool) & self.ok).tolist():
+            self.ok[i] = False
+            self.failures[i] = (kind, stage, reason(i) if callable(reason) else reason)
 
 
 def dead_letter(stage: str, reason: str, source: str, line: str) -> dict:

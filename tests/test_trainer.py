@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -201,6 +202,120 @@ def test_compare_predictions_tolerates_row_order_but_not_a_difference():
     assert not compare_predictions(a, a[:2], 1e-5)["passed"]
 
 
+# ---------------------------------------------------------------- shards: gzip or uncompressed
+def _examples(n: int) -> list[bytes]:
+    import tensorflow as tf
+
+    out = []
+    for i in range(n):
+        feature = {
+            "x_xf": tf.train.Feature(float_list=tf.train.FloatList(value=[i * 0.5])),
+            "id_xf": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 3])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+        }
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return out
+
+
+def _write_shards(split_dir: pathlib.Path, examples: list[bytes], gzip: bool, shards: int = 2) -> None:
+    """``examples`` over ``shards`` files part-0000K-of-0000N.tfrecord[.gz], in order."""
+    import tensorflow as tf
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    suffix, options = (".tfrecord.gz", tf.io.TFRecordOptions(compression_type="GZIP")) if gzip else (".tfrecord", None)
+    per = -(-len(examples) // shards)
+    for k in range(shards):
+        with tf.io.TFRecordWriter(str(split_dir / f"part-{k:05d}-of-{shards:05d}{suffix}"), options) as w:
+            for e in examples[k * per:(k + 1) * per]:
+                w.write(e)
+
+
+def test_gzip_and_uncompressed_shards_read_the_same_examples(tmp_path):
+    import tensorflow as tf
+
+    from trainer import data
+
+    examples = _examples(11)
+    _write_shards(tmp_path / "gz" / "train", examples, gzip=True)
+    _write_shards(tmp_path / "plain" / "train", examples, gzip=False)
+    assert sorted(p.name for p in (tmp_path / "gz" / "train").iterdir())[0].endswith(".tfrecord.gz")
+    assert sorted(p.name for p in (tmp_path / "plain" / "train").iterdir())[0].endswith("-of-00002.tfrecord")
+
+    spec = {"x_xf": tf.io.FixedLenFeature([], tf.float32), "id_xf": tf.io.FixedLenFeature([], tf.int64),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+    read = {}
+    for kind in ("gz", "plain"):
+        pattern = data.split_pattern(str(tmp_path / kind), "train")
+        serialized = [e for batch in data.serialized_batches(pattern, 4) for e in batch.numpy().tolist()]
+        parsed = list(data.make_dataset(pattern, spec, "label", 4))
+        read[kind] = (serialized, np.concatenate([f["x_xf"].numpy() for f, _ in parsed]),
+                      np.concatenate([y.numpy()[:, 0] for _, y in parsed]))
+        assert serialized == examples  # every example, in shard order
+    np.testing.assert_array_equal(read["gz"][1], read["plain"][1])
+    np.testing.assert_array_equal(read["gz"][2], np.arange(11) % 2)
+    np.testing.assert_array_equal(read["plain"][2], np.arange(11) % 2)
+    for kind in ("gz", "plain"):  # a shuffled read sees the same examples in another order
+        pattern = data.split_pattern(str(tmp_path / kind), "train")
+        x = np.concatenate([f["x_xf"].numpy() for f, _ in data.make_dataset(pattern, spec, "label", 4, shuffle=True, seed=1)])
+        np.testing.assert_array_equal(np.sort(x), np.arange(11) * 0.5)
+
+
+def test_a_split_mixing_gzip_and_uncompressed_shards_or_without_shards_is_refused(tmp_path):
+    from trainer import data
+    from trainer.config import UsageError
+
+    mixed = tmp_path / "out" / "valid"
+    _write_shards(mixed, _examples(4), gzip=True, shards=1)
+    _write_shards(mixed, _examples(4), gzip=False, shards=1)
+    with pytest.raises(UsageError, match=re.escape(f"{mixed} holds both gzip (part-*.tfrecord.gz) and uncompressed")):
+        data.serialized_batches(data.split_pattern(str(tmp_path / "out"), "valid"), 4)
+
+    (tmp_path / "out" / "test").mkdir()
+    with pytest.raises(FileNotFoundError, match="no TFRecord shards match .*test"):
+        data.make_dataset(data.split_pattern(str(tmp_path / "out"), "test"), {}, None, 4)
+    assert data.shard_compression("gs://b/out/raw/train/part-00000-of-00003.tfrecord") == ""
+    assert data.shard_compression("/o/train/part-00000-of-00003.tfrecord.gz") == "GZIP"
+    with pytest.raises(UsageError, match="not a TFRecord shard"):
+        data.shard_compression("/o/train/part-00000.tfrecord.bz2")
+
+
+# ---------------------------------------------------------------- the log of a run
+def test_model_summary_is_one_info_line_and_a_file(tmp_path, caplog):
+    import logging
+
+    from trainer import task
+    from trainer.model import FeatureLayout, build_model
+
+    model = build_model("dnn", FeatureLayout(numeric=("a_xf",), categorical={"b_xf": 5}), "classification",
+                        hidden_units=(4,))
+    with caplog.at_level(logging.DEBUG, logger="trainer.task"):
+        task.log_model_summary(model, str(tmp_path / "job"))
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert info == [f"model {model.name}: {model.count_params():,} parameters; layers in {tmp_path / 'job' / 'model_summary.txt'}"]
+    table = (tmp_path / "job" / "model_summary.txt").read_text()
+    assert "hidden_0 (Dense)" in table and "Total params" in table
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == len(table.splitlines())
+    caplog.clear()
+    task.log_model_summary(model, None)  # a non-chief worker writes no file
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        f"model {model.name}: {model.count_params():,} parameters"]
+
+
+def test_configure_logging_keeps_library_info_notes_out():
+    import logging
+
+    from trainer.config import QUIET_LIBRARIES, configure_logging
+
+    saved = {name: logging.getLogger(name).level for name in QUIET_LIBRARIES}
+    try:
+        configure_logging()
+        assert all(logging.getLogger(name).getEffectiveLevel() == logging.WARNING for name in QUIET_LIBRARIES)
+        assert not logging.getLogger("absl").isEnabledFor(logging.INFO)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 # ---------------------------------------------------------------- end to end on flights_out
 @pytest.fixture(scope="module")
 def trained(flights_out, tmp_path_factory):
@@ -339,9 +454,9 @@ def test_export_is_hermetic_and_matches_in_memory_predictions(trained, tmp_path)
 
 
 def _serialized(split_dir: pathlib.Path):
-    from trainer.data import serialized_batches
+    from trainer.data import TFRECORD_PATTERN, serialized_batches
 
-    return serialized_batches(str(split_dir / "part-*.tfrecord.gz"), 64)
+    return serialized_batches(str(split_dir / TFRECORD_PATTERN), 64)
 
 
 def test_saved_model_cli_lists_the_signatures(trained):
