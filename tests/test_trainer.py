@@ -296,7 +296,8 @@ def test_model_summary_is_one_info_line_and_a_file(tmp_path, caplog):
     assert "hidden_0 (Dense)" in table and "Total params" in table
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == len(table.splitlines())
     caplog.clear()
-    task.log_model_summary(model, None)  # a non-chief worker writes no file
+    with caplog.at_level(logging.INFO, logger="trainer.task"):
+        task.log_model_summary(model, None)  # a non-chief worker writes no file
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
         f"model {model.name}: {model.count_params():,} parameters"]
 

@@ -35,6 +35,11 @@ from collections.abc import Callable
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported: tf.keras is tf_keras
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from schemas import get_schema  # noqa: E402
+from trainer import data  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,6 @@ class RawSplit:
 
 def raw_feature_spec(data_dir: str) -> dict:
     """The parse spec preprocessing wrote the raw examples with (OUT/metadata, via tft)."""
-    import tensorflow_transform as tft
-
     return dict(tft.TFTransformOutput(data_dir).raw_feature_spec())
 
 
@@ -76,8 +79,6 @@ def parse_columns(serialized_batches, spec: dict) -> dict[str, np.ndarray]:
     Numbers become float64, strings Python ``str``; an optional (VarLen) feature without a value
     becomes NaN, or '' for strings. Preprocessing writes at most one value per feature.
     """
-    import tensorflow as tf
-
     parts: dict[str, list] = {name: [] for name in spec}
     for batch in serialized_batches:
         parsed = tf.io.parse_example(batch, spec)
@@ -104,17 +105,13 @@ def parse_columns(serialized_batches, spec: dict) -> dict[str, np.ndarray]:
 
 
 def read_raw(data_dir: str, split: str, batch_size: int = 2048) -> RawSplit:
-    """OUT/raw/``split`` in sorted shard order (the order ``trainer.export.exported_predictions`` reads)."""
-    import tensorflow as tf
+    """OUT/raw/``split`` in sorted shard order (the order ``trainer.export.exported_predictions`` reads).
 
-    from schemas import get_schema
-    from trainer import data
-
+    FileNotFoundError when the split has no shards.
+    """
     schema = get_schema(data.read_manifest(data_dir)["dataset"])
-    pattern = data.split_pattern(data_dir, split, raw=True)
-    if not tf.io.gfile.glob(pattern):
-        raise FileNotFoundError(f"no raw shards match {pattern}")
-    columns = parse_columns(data.serialized_batches(pattern, batch_size), raw_feature_spec(data_dir))
+    batches = data.serialized_batches(data.split_pattern(data_dir, split, raw=True), batch_size)
+    columns = parse_columns(batches, raw_feature_spec(data_dir))
     return RawSplit(schema.name, schema.label, columns)
 
 
@@ -175,8 +172,6 @@ class TreeFeatures:
     """Raw columns -> the float matrix gradient boosting is fitted on (see the module docstring)."""
 
     def __init__(self, train: RawSplit):
-        from schemas import get_schema
-
         schema = get_schema(train.dataset)
         self.dataset = train.dataset
         self.features = [n for n in schema.feature_names if n in train.columns]

@@ -1,4 +1,5 @@
-"""The trainer's one typed configuration, filled from flags (and Vertex AI's AIP_* variables).
+"""The trainer's one typed configuration, filled from flags (and Vertex AI's AIP_* variables), and
+the logging set-up of its entry points.
 
 Nothing here imports TensorFlow, so flag parsing is tested without it. No dataset sizes live here:
 row counts come from ``OUT/manifest.json``, vocabulary and bucket sizes from the transform output.
@@ -8,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 
 MODELS = ("linear", "dnn", "wide_deep")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries whose INFO records are notes to their own developers (tfx-bsl's and tensorflow-transform's
+# per-feature parse notes, tf.distribute's sharding timings, SavedModel's "assets written").
+QUIET_LIBRARIES = ("absl", "tensorflow")
 
 
 class UsageError(ValueError):
@@ -123,3 +129,14 @@ def parse_config(argv=None, environ=None) -> TrainConfig:
         backup_dir=os.path.join(job_dir, "backup"),
         **values,
     )
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """For an entry point (never at import): our records at ``level``, the libraries' at WARNING and up.
+
+    The ``tensorflow`` logger is ``tf.get_logger()``; ``absl`` is absl's Python logger, which
+    ``absl.logging.set_verbosity`` sets.
+    """
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,5 +1,8 @@
 """tf.data input over the transformed shards, and which transformed features a feature set uses.
 
+A split directory holds TFRecord shards of tf.Examples, either all gzip (``part-*.tfrecord.gz``) or all
+uncompressed (``part-*.tfrecord``); each file's suffix says how it is read.
+
 Everything about the inputs is derived: types and shapes from ``transformed_feature_spec()``,
 vocabulary and bucket sizes from ``num_buckets_for_transformed_feature()``, which raw features a
 transformed feature reads from the dataset's ``schemas`` module, which raw features are empty from
@@ -25,14 +28,53 @@ from trainer.model import FeatureLayout  # noqa: E402
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-TFRECORD_PATTERN = "part-*.tfrecord.gz"
+TFRECORD_PATTERN = "part-*.tfrecord*"  # both kinds of shard; see SHARD_COMPRESSION
+SHARD_COMPRESSION = {".tfrecord.gz": "GZIP", ".tfrecord": ""}  # shard name suffix -> TFRecord compression
 READ_CHUNK = 256  # records a reader thread hands over at a time
 
 
 def split_pattern(data_dir: str, split: str, raw: bool = False) -> str:
-    """Glob of one split's gzip TFRecord shards (transformed, or raw with ``raw=True``)."""
+    """Glob of one split's TFRecord shards, gzip or not (transformed, or raw with ``raw=True``)."""
     parts = (data_dir, "raw", split) if raw else (data_dir, split)
     return os.path.join(*parts, TFRECORD_PATTERN)
+
+
+def shard_compression(path: str) -> str:
+    """The TFRecord compression of one shard, by its name: "GZIP" for ``.tfrecord.gz``, "" for ``.tfrecord``."""
+    for suffix, compression in SHARD_COMPRESSION.items():
+        if path.endswith(suffix):
+            return compression
+    raise UsageError(f"{path} is not a TFRecord shard: its name must end in {' or '.join(SHARD_COMPRESSION)}")
+
+
+def list_shards(file_pattern: str) -> tuple[list[str], list[str]]:
+    """(the shards matching ``file_pattern`` in sorted order, the compression of each).
+
+    FileNotFoundError when nothing matches; UsageError, naming the directory, when one directory
+    holds both gzip and uncompressed shards (a split is written one way, so both kinds mean files
+    of two different writes).
+    """
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord shards match {file_pattern}")
+    compressions = [shard_compression(f) for f in files]
+    kinds: dict[str, set[str]] = {}
+    for f, c in zip(files, compressions, strict=True):
+        kinds.setdefault(os.path.dirname(f), set()).add(c)
+    for directory, found in kinds.items():
+        if len(found) > 1:
+            raise UsageError(
+                f"{directory} holds both gzip (part-*.tfrecord.gz) and uncompressed (part-*.tfrecord) shards; "
+                "a split directory must hold one kind"
+            )
+    return files, compressions
+
+
+def _shard_dataset(file_pattern: str, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    """(file name, compression) pairs of the matching shards: sorted, or shuffled with ``seed``."""
+    files, compressions = list_shards(file_pattern)
+    ds = tf.data.Dataset.from_tensor_slices((files, compressions))
+    return ds.shuffle(len(files), seed=seed) if shuffle else ds
 
 
 def read_manifest(data_dir: str) -> dict:
@@ -154,16 +196,16 @@ def make_dataset(
     shuffle_buffer: int = 10_000,
     seed: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (features, label) parsed from gzip TFRecords of tf.Examples.
+    """Batches of (features, label) parsed from the TFRecord shards of tf.Examples matching ``file_pattern``.
 
     Without ``shuffle`` the order is the sorted shard order, row by row, so two reads agree.
     ``label_key=None`` yields features only. The label becomes float32 [batch, 1], like the model's output.
     """
-    files = tf.data.Dataset.list_files(file_pattern, shuffle=shuffle, seed=seed)
+    files = _shard_dataset(file_pattern, shuffle=shuffle, seed=seed)
     # Shards are read in parallel in chunks of records, then unbatched: a parallel interleave hands
-    # each element between threads, and per record that cost twice the whole read (bench/train.py).
+    # each element between threads, and per record that costs twice the whole read (bench/train.py).
     ds = files.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP").batch(READ_CHUNK),
+        lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression).batch(READ_CHUNK),
         cycle_length=tf.data.AUTOTUNE if shuffle else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not shuffle,
@@ -197,8 +239,10 @@ def input_spec(tf_transform_output, selection: FeatureSelection, label_key: str)
 
 def serialized_batches(file_pattern: str, batch_size: int) -> tf.data.Dataset:
     """Batches of serialized tf.Examples in sorted shard order (for the exported model)."""
-    files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
-    ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"), cycle_length=1)
+    files = _shard_dataset(file_pattern)
+    ds = files.interleave(
+        lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression), cycle_length=1
+    )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -10,7 +10,7 @@ Flags this command does not know (``--train_steps 10 --epochs 1``, ``--batch_siz
 job unchanged.
 
 "Compare the RMSE with the previous runs", done properly:
-  - every number is computed the same way, by ``trainer.evaluate``'s metrics on the exported
+  - every number is computed the same way, by ``trainer.metrics`` on the exported
     SavedModel's ``serving_tf_example`` outputs for OUT/raw/valid and OUT/raw/test;
   - runs are RANKED on the valid split; test is reported, never used to choose;
   - the baselines of ``trainer.baselines`` (fitted on OUT/raw/train) sit in the same table;
@@ -38,10 +38,18 @@ import sys
 import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported: tf.keras is tf_keras
+if __name__ == "__main__":  # a command-line run: TensorFlow's C++ INFO notes off, unless the user chose a level
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import numpy as np  # noqa: E402
 
-from trainer.config import MODELS, TrainConfig  # noqa: E402
+from schemas import get_schema  # noqa: E402
+from trainer import baselines, data  # noqa: E402
+from trainer import task as trainer_task  # noqa: E402
+from trainer.config import MODELS, TrainConfig, configure_logging  # noqa: E402
+from trainer.evaluate import model_predictions  # noqa: E402
+from trainer.metrics import PRIMARY, metrics_for  # noqa: E402
+from trainer.report import write_json  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +70,6 @@ class Scorer:
     labels: dict  # split -> labels
 
     def score(self, export_dir: str) -> dict:
-        from trainer.evaluate import metrics_for, model_predictions
-
         out = {}
         for split, y in self.labels.items():
             p = model_predictions(export_dir, self.data_dir, split, self.task)
@@ -80,10 +86,8 @@ def _summary(m: dict) -> dict:
 
 def run_job(argv: list[str], scorer: Scorer) -> dict:
     """One ``trainer.task`` run, then its exported model scored on valid and test."""
-    from trainer import task
-
     started = time.time()
-    result = task.run(argv)
+    result = trainer_task.run(argv)
     m = result.metrics
     return {
         "job_dir": m["config"]["job_dir"],
@@ -185,11 +189,6 @@ def search(n_trials: int, train_trial, mode: str, seed: int) -> dict:
 
 # ---------------------------------------------------------------- the experiment
 def run_experiment(args, extra: list[str]) -> dict:
-    from schemas import get_schema
-    from trainer import baselines as baselines_mod
-    from trainer import data
-    from trainer.evaluate import PRIMARY, metrics_for
-
     started = time.time()
     manifest = data.read_manifest(args.data_dir)
     schema = get_schema(manifest["dataset"])
@@ -211,7 +210,7 @@ def run_experiment(args, extra: list[str]) -> dict:
     splits = {}
     for split in ("valid", "test"):
         try:
-            raw = baselines_mod.read_raw(args.data_dir, split)
+            raw = baselines.read_raw(args.data_dir, split)
         except FileNotFoundError:
             continue
         if len(raw):
@@ -221,7 +220,7 @@ def run_experiment(args, extra: list[str]) -> dict:
 
     baseline_rows = []
     if not args.no_baselines:
-        for b in baselines_mod.fit_baselines(baselines_mod.read_raw(args.data_dir, "train"), task, args.seed):
+        for b in baselines.fit_baselines(baselines.read_raw(args.data_dir, "train"), task, args.seed):
             row = {"name": b.name, "description": b.description}
             for split, raw in splits.items():
                 row[split] = _summary(metrics_for(task, raw.y, b.predict(raw)))
@@ -484,8 +483,6 @@ def plot_comparison(path: str, result: dict) -> None:
 
 
 def write_outputs(job_dir: str, result: dict) -> None:
-    from trainer.report import write_json
-
     os.makedirs(job_dir, exist_ok=True)
     write_json(os.path.join(job_dir, "comparison.json"), result)
     with open(os.path.join(job_dir, "comparison.md"), "w") as f:
@@ -524,8 +521,7 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    configure_logging()
     try:
         result = run(argv)
     except ValueError as e:

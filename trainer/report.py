@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-CLASSIFICATION = "classification"
+from trainer.baselines import taxi_distance
+from trainer.metrics import CLASSIFICATION, calibration_bins, threshold_curve
 
 # Sections of index.html, by id (tests check them).
 COMMON_SECTIONS = ("summary", "metrics", "slices")
@@ -93,8 +94,6 @@ def _colors(names):
 
 
 def plot_roc_pr(report_dir: str, y, scores: dict, metrics: dict) -> str:
-    from trainer.evaluate import threshold_curve
-
     plt = _plt()
     colors = _colors(scores)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.8))
@@ -117,8 +116,6 @@ def plot_roc_pr(report_dir: str, y, scores: dict, metrics: dict) -> str:
 
 
 def plot_calibration(report_dir: str, y, scores: dict, metrics: dict) -> str:
-    from trainer.evaluate import calibration_bins
-
     plt = _plt()
     colors = _colors(scores)
     fig, (a, b) = plt.subplots(2, 1, figsize=(6.5, 7), gridspec_kw={"height_ratios": [3, 1.2]}, sharex=True)
@@ -137,8 +134,6 @@ def plot_calibration(report_dir: str, y, scores: dict, metrics: dict) -> str:
 
 
 def plot_thresholds(report_dir: str, y, p, threshold: dict) -> str:
-    from trainer.evaluate import threshold_curve
-
     plt = _plt()
     c = threshold_curve(y, p)
     ok = np.isfinite(c.thresholds)
@@ -319,8 +314,6 @@ def write_report(report_dir: str, result: dict, test, valid=None) -> dict:
         figures["confusion"] = [plot_confusion(report_dir, metrics["model"]["confusion"],
                                                metrics["model"]["threshold"], result["label"])]
     else:
-        from trainer.baselines import taxi_distance
-
         figures["predicted-vs-actual"] = [plot_predicted_vs_actual(report_dir, y, scores, metrics, strong)]
         if result["dataset"] == "taxi":
             figures["residuals"] = [plot_residuals_by_distance(report_dir, y, scores, taxi_distance(test.split))]

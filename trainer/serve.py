@@ -12,6 +12,7 @@ The request bodies are those of TensorFlow Serving and Vertex AI, so clients mov
 Bad requests (malformed JSON, a missing required feature, a wrong type, an unknown field, too many
 rows, too large a body) get a 400 naming the problem; request content is only ever parsed as JSON.
 Concurrent ``serving_default`` requests are batched into one model call when they arrive together.
+TensorFlow is imported where the model is loaded and called, so request handling imports without it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from dataclasses import dataclass
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
+import uvicorn  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from schemas import get_schema  # noqa: E402
+from trainer.config import configure_logging  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +112,6 @@ def _serving_info(model_dir: str, export_dir: str) -> dict:
     if not info.get("dataset"):
         logger.warning("no %s nor a metrics.json naming the dataset: every input is taken as required", SERVING_INFO)
         return info
-    from schemas import get_schema
-
     schema = get_schema(info["dataset"])
     return {**info, "optional_features": [n for n in schema.feature_names if not schema.columns[n].required]}
 
@@ -230,8 +237,8 @@ class Batcher:
     One model call runs at a time; the requests that queued up meanwhile (the event loop keeps
     reading and parsing them while the call runs in a thread) go together into the next call. A
     lone request is not held back: with the default ``max_wait_s=0`` nothing waits for company
-    (a fixed 2 ms wait used to be most of a single row's latency); ``max_wait_s > 0`` waits that
-    long for more requests when the queue is empty.
+    (a fixed wait of even 2 ms would be most of a single row's latency); ``max_wait_s > 0`` waits
+    that long for more requests when the queue is empty.
     """
 
     def __init__(self, model: LoadedModel, signature: str, max_rows: int = 1024, max_wait_s: float = 0.0):
@@ -294,11 +301,6 @@ class Batcher:
 
 # ------------------------------------------------------------------ app
 def create_app(model: LoadedModel, model_name: str):
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
     batchers = {sig: Batcher(model, sig) for sig in model.inputs}
 
     def error(status: int, message: str) -> JSONResponse:
@@ -382,10 +384,8 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--model_name", help="the <name> in /v1/models/<name> (default: the dataset, else 'model')")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    import uvicorn
-
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: its C++ INFO notes off, unless set
+    configure_logging()
     try:
         model = LoadedModel(args.model_dir)
     except FileNotFoundError as e:

@@ -12,7 +12,9 @@ several workers, TF_CONFIG are set by the service; run_vertex.sh builds and subm
 
 The dataset is read from OUT/manifest.json. Writes under --job_dir: checkpoints/ (each epoch),
 backup/ (BackupAndRestore: a killed job resumes), logs/ (TensorBoard), export/<timestamp>/ and
-model/ (the SavedModel, see trainer.export), metrics.json. The run fails (exit 1) when the exported
+model/ (the SavedModel, see trainer.export), metrics.json and model_summary.txt (the layers). The
+INFO log says what a user needs (the data, one line per epoch, where the model went) and the run
+ends with a one-screen summary on stdout. The run fails (exit 1) when the exported
 model's predictions on the raw test examples differ from the in-memory model's on the transformed
 ones by more than --skew_tolerance.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -28,6 +31,8 @@ import sys
 import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported: tf.keras is tf_keras
+if __name__ == "__main__":  # a command-line run: TensorFlow's C++ INFO notes off, unless the user chose a level
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
@@ -36,7 +41,7 @@ import tf_keras  # noqa: E402
 from schemas import get_schema  # noqa: E402
 from trainer import data, export  # noqa: E402
 from trainer import model as models  # noqa: E402
-from trainer.config import TrainConfig, UsageError, parse_config  # noqa: E402
+from trainer.config import TrainConfig, UsageError, configure_logging, parse_config  # noqa: E402
 
 try:  # reports the tuning metric to Vertex AI hyperparameter tuning when installed
     import hypertune
@@ -124,8 +129,6 @@ class ProgressLog(tf_keras.callbacks.Callback):
 
 
 def tensorboard_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tensorboard") is not None
 
 
@@ -154,6 +157,22 @@ def weights_fingerprint(model) -> str:
     for w in model.get_weights():
         digest.update(w.tobytes())
     return digest.hexdigest()
+
+
+def log_model_summary(model, job_dir: str | None) -> None:
+    """One INFO line (name, parameters); the layer table at DEBUG and, given ``job_dir``, in JOB/model_summary.txt."""
+    lines: list[str] = []
+    model.summary(print_fn=lines.append)
+    for line in lines:
+        logger.debug("%s", line)
+    where = ""
+    if job_dir:
+        path = os.path.join(job_dir, "model_summary.txt")
+        tf.io.gfile.makedirs(job_dir)
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        where = f"; layers in {path}"
+    logger.info("model %s: %s parameters%s", model.name, f"{model.count_params():,}", where)
 
 
 def _floats(metrics: dict) -> dict:
@@ -229,7 +248,7 @@ def train_and_export(config: TrainConfig, cluster: Cluster, strategy: tf.distrib
             max_wide_buckets=config.max_wide_buckets, output_bias=models.initial_bias(task, mean),
         )
         models.compile_model(model, task, config.learning_rate)
-    model.summary(print_fn=logger.info)
+    log_model_summary(model, config.job_dir if cluster.is_chief else None)
 
     progress = ProgressLog(config.epochs, config.backup_dir)
     callbacks = make_callbacks(config, monitor, obj.mode, progress)
@@ -346,7 +365,7 @@ def run(argv=None) -> TrainResult:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         run(argv)
     except UsageError as e:

@@ -34,6 +34,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _default_package_uri(bucket: str) -> str:
-    from importlib import metadata
-
     try:
         version = metadata.version(PACKAGE_NAME)
     except metadata.PackageNotFoundError:
