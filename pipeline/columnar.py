@@ -23,18 +23,6 @@ from pipeline.wire import NumberColumn, TextColumn
 BAD = object()  # the result for a distinct value whose conversion failed: its rows go to the row parser
 
 
-def required(convert: Callable) -> Callable:
-    """``convert`` where a missing result (None) fails too."""
-
-    def convert_required(value):
-        result = convert(value)
-        if result is None:
-            raise ValueError("missing")
-        return result
-
-    return convert_required
-
-
 def split_csv(lines: Sequence[str], width: int, indices: Sequence[int], ok: np.ndarray) -> list[tuple]:
     """The ``indices`` columns of CSV lines as one tuple each (values as csv.reader gives them).
 
