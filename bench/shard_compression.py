@@ -28,15 +28,9 @@ import time
 import zlib
 
 from bench.common import machine, median, run_child, write_report
+from bench.textbook import _tfrecord_files
 
 KINDS = ("train", "valid", "test", "raw/train", "raw/valid", "raw/test")
-
-
-def _shards(directory: str) -> tuple[list[str], str]:
-    gz = sorted(glob.glob(os.path.join(directory, "*.tfrecord.gz")))
-    if gz:
-        return gz, "GZIP"
-    return sorted(glob.glob(os.path.join(directory, "*.tfrecord"))), ""
 
 
 def copy_plain(from_output: str, plain_dir: str) -> dict:
@@ -45,7 +39,7 @@ def copy_plain(from_output: str, plain_dir: str) -> dict:
 
     counts = {}
     for kind in KINDS:
-        files, compression = _shards(os.path.join(from_output, kind))
+        files, compression = _tfrecord_files(os.path.join(from_output, kind))
         target = os.path.join(plain_dir, kind)
         os.makedirs(target, exist_ok=True)
         n = 0
@@ -92,7 +86,7 @@ def one_call(plain_dir: str) -> dict:
     for group, kinds in (("transformed", KINDS[:3]), ("raw", KINDS[3:])):
         data = []
         for kind in kinds:
-            for f in _shards(os.path.join(plain_dir, kind))[0]:
+            for f in _tfrecord_files(os.path.join(plain_dir, kind))[0]:
                 with open(f, "rb") as fh:
                     data.append(fh.read())
         res = {"uncompressed_bytes": sum(map(len, data))}
