@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from pipeline import flights
     from pipeline.io import plan_inputs
     from pipeline.options import parse_options
-    from pipeline.rows import EXCLUDED, REJECTED
+    from pipeline.records.verdicts import EXCLUDED, REJECTED
     from pipeline.stages import RECORDS, CleanAndWindow
 
     work = tempfile.mkdtemp(prefix="bench_cw_")

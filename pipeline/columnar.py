@@ -4,7 +4,7 @@ A dataset's block parser turns a chunk of lines into canonical records with a fe
 *distinct* value (dates, airports, clock times and delays repeat thousands of times in a chunk)
 and numpy arithmetic per column, instead of dozens of Python calls per row. Each rule is a plain
 function of one value (a field rule) applied here once per distinct value; the rows it fails get
-its reason in the chunk's :class:`~pipeline.rows.Verdicts`.
+its reason in the chunk's :class:`~pipeline.records.verdicts.Verdicts`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from pipeline.rows import EXCLUDED, REJECTED, Exclude, PackedColumn, Reject, Verdicts
-from pipeline.wire import NumberColumn, TextColumn
+from pipeline.records.verdicts import EXCLUDED, REJECTED, Exclude, Reject, Verdicts
 
 BAD = object()  # the result for a distinct value whose conversion failed: its rows go to the row parser
 
@@ -189,29 +188,23 @@ def floats(values: Sequence) -> np.ndarray:
     return np.fromiter((nan if v is None else v for v in values), dtype=np.float64, count=len(values))
 
 
-def packed(column: Coded, rows: np.ndarray) -> Sequence:
-    """The column's values at ``rows``, in the packed form the window shuffle carries them in
-    (:mod:`pipeline.wire`): a :class:`~pipeline.wire.TextColumn` where every value is a text or
-    None, a :class:`~pipeline.wire.NumberColumn` where every value is a float or None (some float);
-    else, and where every value is None, a list. The values read back as themselves, types
-    included, with a call per distinct value instead of per row."""
+def packed(column: Coded, rows: np.ndarray) -> pa.Array:
+    """The column's values at ``rows`` as an Arrow array, with a call per distinct value instead of
+    per row: dictionary-encoded where every value is a text or None, float64 where every value is a
+    float or None (some float); else as pyarrow converts the values."""
     used, codes = np.unique(column.codes[rows], return_inverse=True)
     codes = codes.reshape(-1)
     values = [column.values[i] for i in used.tolist()]
     kinds = set(map(type, values))
     kinds.discard(type(None))
+    missing = np.array([v is None for v in values], dtype=bool)
     if kinds == {str}:
-        return TextColumn(values, codes.astype(np.int32))
+        names = pa.array(["" if v is None else v for v in values], type=pa.string())
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=missing[codes]), names)
     if kinds == {float}:
-        missing = np.array([v is None for v in values], dtype=bool)
         table = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
-        return NumberColumn(table[codes], missing[codes] if missing.any() else None)
-    return Coded(values, codes).rows()
-
-
-def take(column: Sequence, rows) -> Sequence:
-    """``column`` at ``rows``, kept packed where it is (see pipeline.wire)."""
-    return column.take(rows) if isinstance(column, PackedColumn) else select(column, rows)
+        return pa.array(table[codes], mask=missing[codes])
+    return pa.array(Coded(values, codes).rows())
 
 
 def select(values: Sequence, rows: np.ndarray) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
-from pipeline.rows import Reject
+from pipeline.records.verdicts import Reject
 
 # Text that means "no value". "NaN" and "inf" are not here: they are values, rejected as not finite.
 MISSING = frozenset(("", "NA", "N/A", "null", "NULL", "None"))

@@ -28,6 +28,7 @@ import tempfile
 import zipfile
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.airports import (
     load_airports,
@@ -36,13 +37,13 @@ from pipeline.airports import (
     utc_to_local_string,
     utc_to_local_string_many,
 )
-from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select, take
+from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import Layout
-from pipeline.rows import EXCLUDED, Exclude, Reject, Verdicts
+from pipeline.records.model import may_fail
+from pipeline.records.verdicts import EXCLUDED, Exclude, Reject, Verdicts
 from pipeline.split import split_unit
 from pipeline.windowing import WindowFeature
-from pipeline.wire import NumberColumn
 from schemas import transformed_name
 from schemas.flights import (
     CATEGORICAL_FEATURES,
@@ -183,12 +184,7 @@ def _error_of(field: str, fn, *args) -> str:
 # ---------------------------------------------------------------- the parser: a chunk at once
 # Each rule is a function of one value, applied once per distinct value of the chunk (a chunk repeats
 # its dates, airports, clock times and delays thousands of times), in the order listed in
-# canonical_flights; the first rule a row breaks gives its reason (pipeline.rows.Verdicts).
-_KEYS = (
-    "fl_date", "flight_number", "carrier", "origin", "dest", "dep_delay", "taxi_out", "distance", "dep_lat",
-    "dep_lon", "arr_lat", "arr_lon", "dep_time_local", "arr_delay", LABEL_KEY, "dep_ts", "wheels_off_ts",
-    "arr_ts", "pred_ts", "avg_dep_delay", "avg_arr_delay", "avg_taxi_out",
-)
+# canonical_flights; the first rule a row breaks gives its reason (pipeline.records.verdicts.Verdicts).
 
 
 def _not_flagged(field: str):
@@ -325,11 +321,9 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
 
     rows = np.flatnonzero(v.ok)
     m = len(rows)
-    # Packed columns (pipeline.wire) where the values allow: the windowing carries them across its shuffle
-    # as they are, instead of turning lists back into arrays. Each reads back as the list it replaces.
-    def number_column(x: np.ndarray, missing: np.ndarray | None = None) -> NumberColumn:
-        gaps = None if missing is None else missing[rows]
-        return NumberColumn(x[rows], gaps if gaps is not None and gaps.any() else None)
+
+    def numbers(x: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:
+        return pa.array(x[rows], mask=None if missing is None else missing[rows])
 
     not_arrived = ~has_arr
     values = {
@@ -339,25 +333,24 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
         "taxi_out": packed(taxi_out, rows), "distance": packed(distance, rows),
         "dep_lat": packed(origin.map(lambda a: place(a)[1]), rows), "dep_lon": packed(origin.map(lambda a: place(a)[2]), rows),
         "arr_lat": packed(dest.map(lambda a: place(a)[1]), rows), "arr_lon": packed(dest.map(lambda a: place(a)[2]), rows),
-        "dep_time_local": select(dep_local, rows), "arr_delay": packed(arr_delay, rows),
-        LABEL_KEY: number_column((ad < ONTIME_THRESHOLD_MINUTES).astype(np.int64), not_arrived),
-        "dep_ts": number_column(dep_ts), "wheels_off_ts": number_column(wheels_off, ~has_taxi),
-        "arr_ts": number_column(arr_ts, not_arrived), "pred_ts": number_column(pred_ts),
-        "avg_dep_delay": [None] * m, "avg_arr_delay": [None] * m, "avg_taxi_out": [None] * m,
+        "dep_time_local": pa.array(select(dep_local, rows), type=pa.string()), "arr_delay": packed(arr_delay, rows),
+        LABEL_KEY: numbers((ad < ONTIME_THRESHOLD_MINUTES).astype(np.int64), not_arrived),
+        "dep_ts": numbers(dep_ts), "wheels_off_ts": numbers(wheels_off, ~has_taxi),
+        "arr_ts": numbers(arr_ts, not_arrived), "pred_ts": numbers(pred_ts),
     }
-    numeric = {"dep_delay": dd[rows], "arr_delay": ad[rows], "taxi_out": taxi[rows], "dep_ts": dep_ts[rows],
-               "arr_ts": np.where(not_arrived, np.nan, arr_ts)[rows], "pred_ts": pred_ts[rows]}
-    flagged = np.flatnonzero(SCHEMA.failing_rows({**values, **numeric}, m, labelled))
+    flagged = np.flatnonzero(may_fail(values, m, SCHEMA, labelled))
     if len(flagged):  # the schema's own check gives the reason (a flagged row may still pass it)
-        reasons = {j: SCHEMA.check({k: values[k][j] for k in _KEYS}, labelled) for j in flagged.tolist()}
+        picked = pa.array(flagged)
+        flagged_records = pa.RecordBatch.from_pydict({k: values[k].take(picked) for k in values}).to_pylist()
+        reasons = {j: SCHEMA.check(record, labelled) for j, record in zip(flagged.tolist(), flagged_records, strict=True)}
         failed = np.zeros(n, dtype=bool)
         failed[[rows[j] for j, reason in reasons.items() if reason]] = True
         by_row = {rows[j]: reason for j, reason in reasons.items()}
         v.fail(failed, by_row.__getitem__, stage="validate")
-        keep = np.flatnonzero(v.ok[rows])
-        values = {k: take(column, keep) for k, column in values.items()}
-        rows = rows[keep]
-    return {k: values[k] for k in _KEYS}, rows.tolist()
+        keep = pa.array(np.flatnonzero(v.ok[rows]))
+        values = {k: column.take(keep) for k, column in values.items()}
+        rows = rows[keep.to_numpy()]
+    return values, rows.tolist()
 
 
 # ---------------------------------------------------------------- layouts
@@ -426,7 +419,7 @@ def _one_line(make_block_parser):
             if not rows:
                 kind, stage, reason = verdicts.failures[0]
                 raise Exclude(reason) if kind == EXCLUDED else Reject(reason, stage)
-            return {k: v[0] for k, v in columns.items()}
+            return {k: v[0].as_py() for k, v in columns.items()}
 
         return parse
 

@@ -19,7 +19,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.rows import Reject
+from pipeline.records.verdicts import Reject
 
 logger = logging.getLogger(__name__)
 

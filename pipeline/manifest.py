@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.rows import reason_key
+from pipeline.records.verdicts import reason_key
 from pipeline.split import choose_unit
 
 logger = logging.getLogger(__name__)

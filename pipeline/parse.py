@@ -1,4 +1,4 @@
-"""Beam DoFns that turn chunks of raw lines into record blocks and dead letters."""
+"""Beam DoFns that turn chunks of raw lines into record batches and dead letters."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
-from pipeline.hashing import fingerprints
-from pipeline.rows import EXCLUDED, LINE, REJECTED, SOURCE, Block, Exclude, Reject, Verdicts, dead_letter
-from pipeline.wire import TextColumn
+from pipeline.records import model
+from pipeline.records.ids import fingerprints
+from pipeline.records.model import ID, LINE, SOURCE
+from pipeline.records.verdicts import EXCLUDED, REJECTED, Exclude, Reject, Verdicts, dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +78,19 @@ class ParseRows(beam.DoFn):
 
 
 class ParseChunks(ParseRows):
-    """(source, [line, ...]) -> one :class:`Block` of canonical records per chunk, with
+    """(source, [line, ...]) -> one record batch (:mod:`pipeline.records.model`) per chunk, with
     ``rejected``/``excluded`` entries as ParseRows gives them, one by one.
 
-    Each record gets ``id_field``: the fingerprint of its canonical columns, equal for exact copies
-    (which the windowing stage, where copies meet, de-duplicates). Where the layout has a block
-    parser (see ``pipeline.columnar``), it takes the chunk column by column and hands back to the
-    row parser only the rows it cannot vouch for.
+    Each record gets its id: the fingerprint of its canonical columns, equal for exact copies (which
+    the windowing stage, where copies meet, de-duplicates). Where the layout has a block parser (see
+    ``pipeline.columnar``), it takes the chunk column by column and hands back to the row parser
+    only the lines it does not judge (not UTF-8, empty).
     """
 
-    def __init__(self, make_parser, schema, labelled: bool = True, id_field: str = "_id"):
+    def __init__(self, make_parser, schema, labelled: bool = True):
         super().__init__(make_parser, schema, labelled)
-        self._id_field = id_field
         self._columns = tuple(schema.columns)
+        self._arrow_schema = model.arrow_schema(schema)
         self._blocks: dict[str, Callable | None] = {}
         self._block_rows = beam.metrics.Metrics.counter("parse", "block_rows")
 
@@ -96,17 +98,17 @@ class ParseChunks(ParseRows):
         yield from self.outputs_of(self.parse_chunk(element))
 
     def outputs_of(self, parsed):
-        block, dead_letters, counts, block_rows = parsed
+        batch, dead_letters, counts, block_rows = parsed
         for tag, entry in dead_letters:
             yield beam.pvalue.TaggedOutput(tag, entry)
         for tag, n in counts.items():
             self._counters[tag].inc(n)
         self._block_rows.inc(block_rows)
-        if block is not None:
-            yield block
+        if batch is not None:
+            yield batch
 
-    def parse_chunk(self, element) -> tuple[Block | None, list, dict, int]:
-        """(source, [line, ...]) -> (the block of its records or None, [(tag, dead letter), ...],
+    def parse_chunk(self, element) -> tuple[pa.RecordBatch | None, list, dict, int]:
+        """(source, [line, ...]) -> (the batch of its records or None, [(tag, dead letter), ...],
         counts by tag, rows the block parser took). Pure, with no Beam output or metric, so that a
         unit test can call it."""
         source, lines = element
@@ -123,14 +125,18 @@ class ParseChunks(ParseRows):
                     dead_letters.append((out.tag, out.value))
                 else:
                     records.append(out)
-        slow = Block.from_records(records)
-        slow = slow.replace(**{self._id_field: fingerprints(slow, self._columns)})
-        block = Block.concat([fast, slow]) if fast is not None else slow
-        counts["rows"] = len(block)
-        return (block if len(block) else None), dead_letters, counts, len(taken)
+        batches = [fast] if fast is not None else []
+        if records:
+            batches.append(self._with_ids(model.from_records(records, self._arrow_schema)))
+        batch = model.concat(batches, self._arrow_schema)
+        counts["rows"] = batch.num_rows
+        return (batch if batch.num_rows else None), dead_letters, counts, len(taken)
 
-    def _parse_block(self, source: str, lines) -> tuple[Block | None, set, list]:
-        """The block of the records the layout's block parser gave, the indices in ``lines`` of the
+    def _with_ids(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return model.replace(batch, {ID: fingerprints(batch, self._columns)})
+
+    def _parse_block(self, source: str, lines) -> tuple[pa.RecordBatch | None, set, list]:
+        """The batch of the records the layout's block parser gave, the indices in ``lines`` of the
         lines it judged, and [(tag, dead letter), ...] of those it failed; (None, empty, empty) where
         the layout has none. Lines that are not UTF-8 or are empty are left to :meth:`_process`."""
         if source not in self._blocks:
@@ -158,9 +164,6 @@ class ParseChunks(ParseRows):
             return None, set(), []
         dead_letters = [(kind, dead_letter(stage, reason, source, texts[j]))
                         for j, (kind, stage, reason) in sorted(verdicts.failures.items())]
-        block = Block(
-            {**columns, SOURCE: TextColumn([source], np.zeros(len(rows), dtype=np.int32)), LINE: [texts[j] for j in rows]},
-            len(rows),
-        )
-        block = block.replace(**{self._id_field: fingerprints(block, self._columns)})
-        return block, {at[j] for j in rows} | {at[j] for j in verdicts.failures}, dead_letters
+        sources = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(rows), dtype=np.int32)), pa.array([source]))
+        batch = model.batch({**columns, SOURCE: sources, LINE: [texts[j] for j in rows]}, len(rows), self._arrow_schema)
+        return self._with_ids(batch), {at[j] for j in rows} | {at[j] for j in verdicts.failures}, dead_letters

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -112,8 +113,10 @@ class _KeyAndEncode(beam.DoFn):
 
         self._encoder = example_coder.RecordBatchToExamplesEncoder(self._raw_schema)
 
-    def process(self, records):
-        examples = self._encoder.encode(to_record_batch(records, self._arrow_schema))
+    def process(self, batch):
+        examples = self._encoder.encode(to_record_batch(batch, self._arrow_schema))
+        names = [*self._key_columns, "_source", *self._feature_columns]
+        records = batch.select([n for n in dict.fromkeys(names) if n in batch.schema.names]).to_pylist()
         for record, example in zip(records, examples, strict=True):
             key = {c: record.get(c) for c in self._key_columns}
             key["source"] = record.get("_source")
@@ -134,7 +137,7 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
     key_columns = [c for c in schema.key_columns or schema.example_columns if c != schema.label]
     predictions = (
         cleaned[RECORDS]
-        | "BatchRecords" >> beam.ParDo(Rebatch(1024))
+        | "BatchRecords" >> beam.ParDo(Rebatch(1024)).with_output_types(pa.RecordBatch)
         | "KeyAndEncode" >> beam.ParDo(
             _KeyAndEncode(raw_schema(schema), arrow_schema, key_columns, schema.feature_names if output_features else ())
         )

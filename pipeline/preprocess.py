@@ -22,6 +22,7 @@ import os
 import time
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
@@ -29,7 +30,6 @@ from pipeline import flights, manifest, taxi
 from pipeline.arrow import ToRecordBatches, raw_schema, tfxio_for
 from pipeline.io import plan_inputs
 from pipeline.options import UsageError, parse_options, run_main
-from pipeline.rows import Block, as_block
 from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
 from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
 from pipeline.transform import AnalyzeAndTransformSplits, EncodeRawExamples, write_examples
@@ -85,13 +85,13 @@ def build(
     # hand the windowed records to the split as they come, instead of storing them all in between.
     n_coarse = (
         cleaned[PARSED]
-        | "CoarseSplitKeys" >> beam.FlatMap(lambda records: set(unit_keys(coarsest, as_block(records))))
+        | "CoarseSplitKeys" >> beam.FlatMap(lambda records: set(unit_keys(coarsest, records)))
         | "DistinctCoarseKeys" >> beam.Distinct()
         | "CountCoarseKeys" >> beam.combiners.Count.Globally()
     )
     by_split = windowed | "AssignSplit" >> beam.ParDo(
         SplitRecords(units, split_by, fractions), beam.pvalue.AsSingleton(n_coarse)
-    ).with_output_types(Block, **dict.fromkeys(SPLITS, Block)).with_outputs(*SPLITS)
+    ).with_output_types(pa.RecordBatch, **dict.fromkeys(SPLITS, pa.RecordBatch)).with_outputs(*SPLITS)
 
     raw = raw_schema(schema)
     tfxio = tfxio_for(schema)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
-from pipeline.rows import Block, as_block
-from pipeline.wire import TextColumn
+from pipeline.records import model
 
 SPLITS = ("train", "valid", "test")
 AUTO = "auto"
@@ -71,37 +71,42 @@ def split_unit(field: str):
     return mark
 
 
-def unit_keys(unit, block: Block) -> list:
-    """``unit``'s key for every record of ``block``."""
+def unit_keys(unit, batch: pa.RecordBatch) -> list:
+    """``unit``'s key for every record of ``batch``."""
     field = getattr(unit, "field", None)
     if field is None:
-        return [unit(record) for record in block]
-    column = block.get(field)
-    table = {value: unit({field: value}) for value in set(column)}
-    return list(map(table.__getitem__, column))
+        return [unit(record) for record in batch.to_pylist()]
+    names, codes = _distinct(batch, field)
+    table = [unit({field: name}) for name in names]
+    return [table[c] for c in codes.tolist()]
+
+
+def _distinct(batch: pa.RecordBatch, field: str) -> tuple[list, np.ndarray]:
+    """(the distinct values of ``field``, None last where one is missing; per row the index of its own)."""
+    names, codes = model.codes(batch.column(field))
+    if (codes < 0).any():
+        codes = np.where(codes < 0, len(names), codes)
+        names = [*names, None]
+    return names, codes
 
 
 class SplitRecords(beam.DoFn):
-    """Blocks (or lists) of records -> per split (a tagged output each), the block of its records."""
+    """Record batches -> per split (a tagged output each), the batch of its records."""
 
     def __init__(self, units, split_by: str, fractions):
         self._units, self._split_by, self._fractions = units, split_by, fractions
 
-    def process(self, records, n_coarse_keys):
-        block = as_block(records)
+    def process(self, batch: pa.RecordBatch, n_coarse_keys):
         unit = self._units[choose_unit(list(self._units), self._split_by, n_coarse_keys)]
         field = getattr(unit, "field", None)
-        column = None if field is None else block.get(field)
-        if isinstance(column, TextColumn):  # coded: a split per distinct value, then per row by numpy
-            of_name = [SPLITS.index(assign_split(unit({field: name}), self._fractions)) for name in column.names]
-            per_row = np.array(of_name, dtype=np.int64)[column.codes]
-            by_split = {split: np.flatnonzero(per_row == i) for i, split in enumerate(SPLITS)}
+        if field is not None:  # a split per distinct value, then per row by numpy
+            names, codes = _distinct(batch, field)
+            of_name = np.array([SPLITS.index(assign_split(unit({field: name}), self._fractions)) for name in names])
+            per_row = of_name[codes]
         else:
-            keys = unit_keys(unit, block)
-            split_of = {key: assign_split(key, self._fractions) for key in set(keys)}
-            by_split = {}
-            for i, key in enumerate(keys):
-                by_split.setdefault(split_of[key], []).append(i)
-        for split, rows in by_split.items():
+            keys = unit_keys(unit, batch)
+            per_row = np.array([SPLITS.index(assign_split(key, self._fractions)) for key in keys], dtype=np.int64)
+        for i, split in enumerate(SPLITS):
+            rows = np.flatnonzero(per_row == i)
             if len(rows):
-                yield beam.pvalue.TaggedOutput(split, block if len(rows) == len(block) else block.take(rows))
+                yield beam.pvalue.TaggedOutput(split, model.take(batch, rows))

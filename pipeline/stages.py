@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
+import pyarrow as pa
 
 from pipeline import manifest
 from pipeline.io import ReadRawLines, parser_factory
 from pipeline.parse import ParseChunks
-from pipeline.rows import EXCLUDED, REJECTED, Block, to_json_line
-from pipeline.windowing import ID, WindowChunks
+from pipeline.records import coder  # noqa: F401 - registers the coder of record batches
+from pipeline.records.verdicts import EXCLUDED, REJECTED, to_json_line
+from pipeline.windowing import WindowRecords
 
 LINES = "lines"
 RECORDS = "records"
@@ -22,10 +24,10 @@ class CleanAndWindow(beam.PTransform):
     """Reads the planned raw files -> parsed, validated, de-duplicated records with windowed features.
 
     Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records``
-    (:class:`~pipeline.rows.Block` s of records, columns), ``parsed`` (the blocks as parsed, before
+    (Arrow record batches, :mod:`pipeline.records.model`), ``parsed`` (the batches as parsed, before
     de-duplication and windowing: the same records, copies included, so the same distinct values
     of any column), ``rejected`` and ``excluded`` (one dead-letter entry each). Records move in
-    blocks from the parse to the end: the runner's cost per element is paid per block, not per row.
+    batches from the parse to the end: the runner's cost per element is paid per batch, not per row.
     Exact duplicates are removed in the windowing group, where copies meet.
     """
 
@@ -41,9 +43,9 @@ class CleanAndWindow(beam.PTransform):
         schema = self._dataset.SCHEMA
         lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
-            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled, ID)
-        ).with_output_types(Block).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
-        windowed = parsed[RECORDS] | "DeduplicateAndAddWindowFeatures" >> WindowChunks(
+            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled)
+        ).with_output_types(pa.RecordBatch).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
+        windowed = parsed[RECORDS] | "DeduplicateAndAddWindowFeatures" >> WindowRecords(
             self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )
         rejected = (parsed[REJECTED], windowed[REJECTED]) | "FlattenRejected" >> beam.Flatten()

@@ -49,7 +49,7 @@ from pipeline.airports import local_to_utc, utc_to_local_string
 from pipeline.fields import MISSING, csv_fields, number
 from pipeline.io import InputError, Layout
 from pipeline.options import UsageError
-from pipeline.rows import Reject
+from pipeline.records.verdicts import Reject
 from pipeline.split import split_unit
 from pipeline.windowing import WindowFeature
 from schemas import transformed_name

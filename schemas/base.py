@@ -109,40 +109,6 @@ class DatasetSchema:
                 return column.check(name, value)
         return None
 
-    def failing_rows(self, columns: Mapping[str, Any], n: int, labelled: bool = True):
-        """:meth:`check` for ``n`` rows at once: a numpy bool array, True where a row may fail it.
-
-        ``columns`` maps every column to a numpy array (numbers, NaN where missing) or a list
-        (None where missing). A NaN counts as missing, so a row may be flagged that :meth:`check`
-        would pass (a required NaN), never the other way round: a flagged row goes back to the
-        row-by-row path, which gives the reason.
-        """
-        import numpy as np
-
-        bad = np.zeros(n, dtype=bool)
-        for name, column, numeric, low, high in self._checks:
-            values = columns[name]
-            may_miss = column.required and not (column.outcome and not labelled)
-            if numeric:
-                if isinstance(values, np.ndarray):
-                    x = values.astype(np.float64, copy=False)
-                else:
-                    x = np.fromiter((math.nan if v is None else v for v in values), dtype=np.float64, count=n)
-                missing = np.isnan(x)
-                if may_miss:
-                    bad |= missing
-                with np.errstate(invalid="ignore"):
-                    bad |= np.isinf(x)
-                    if low is not None:
-                        bad |= x < low
-                    if high is not None:
-                        bad |= x > high
-            elif column.required:
-                bad |= np.fromiter(
-                    ((v is None and may_miss) or v == "" for v in values), dtype=bool, count=n
-                )
-        return bad
-
     @functools.cached_property
     def _checks(self) -> tuple:
         """(name, column, numeric, min, max) per column: what :meth:`check` tests, row after row.

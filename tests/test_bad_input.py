@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pipeline import flights
 from pipeline.airports import load_airports
 from pipeline.preprocess import run
-from pipeline.rows import Exclude, Reject
+from pipeline.records.verdicts import Exclude, Reject
 from schemas.flights import SCHEMA
 from tests.test_flights_parse import BTS_HEADER, bts_row
 

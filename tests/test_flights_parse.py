@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import flights
 from pipeline.airports import load_airports, local_to_utc
-from pipeline.rows import Exclude, Reject
+from pipeline.records.verdicts import Exclude, Reject
 from schemas.flights import SCHEMA
 
 AIRPORTS = load_airports()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -13,14 +15,15 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import flights, manifest
 from pipeline.airports import load_airports
-from pipeline.hashing import fingerprint
+from pipeline.records.ids import fingerprint
 from pipeline.io import InputError, InputFile, parser_factory, plan_inputs, read_lines, read_ranges
 from pipeline.options import UsageError, parse_options
 from pipeline.parse import ParseRows
 from pipeline.preprocess import run
-from pipeline.rows import EXCLUDED, REJECTED, reason_key
+from pipeline.records.verdicts import EXCLUDED, REJECTED, reason_key
 from pipeline.split import MIN_KEYS_FOR_COARSE_UNIT, assign_split, choose_unit, hash_fraction, parse_fractions
-from pipeline.windowing import ID, RECORDS, WindowChunks, WindowFeature
+from pipeline.records.model import ID
+from pipeline.windowing import RECORDS, WindowFeature, WindowRecords
 from schemas.flights import SCHEMA, TRANSFORMED_SOURCES
 from tests.test_flights_parse import BTS_HEADER, bts_row
 
@@ -89,58 +92,64 @@ def test_exact_copies_are_kept_once_where_they_meet_in_the_window_group():
     later = row("DL", 36_000 + 900, 0.0, "a.csv", "y")  # sees AA's departure once, not twice
     feature = WindowFeature("avg_dep_delay", key="origin", event_time="dep_ts", query_time="pred_ts", value="dep_delay")
     with TestPipeline() as p:
-        out = p | beam.Create([[a, later], [copy]]) | WindowChunks([feature], 3600)
-        kept = out[RECORDS] | beam.FlatMap(lambda chunk: [(r["carrier"], r["_source"], r["avg_dep_delay"], "_line" in r)
-                                                          for r in chunk])
+        chunks = p | beam.Create([[a, later], [copy]]) | beam.Map(
+            lambda rows: pa.RecordBatch.from_pylist(rows)).with_output_types(pa.RecordBatch)
+        out = chunks | WindowRecords([feature], 3600)
+        kept = out[RECORDS] | beam.FlatMap(lambda batch: [(r["carrier"], r["_source"], r["avg_dep_delay"], "_line" in r)
+                                                          for r in batch.to_pylist()])
         assert_that(kept, equal_to([("AA", "a.csv", None, False), ("DL", "a.csv", 10.0, False)]), label="Kept")
         assert_that(out[REJECTED] | beam.Map(lambda e: (e["stage"], e["reason"], e["source"], e["record"])),
                     equal_to([("dedupe", "record: duplicate of a row in a.csv", "b.csv", "x")]), label="Duplicates")
 
 
 # ------------------------------------------------------------------ record blocks
-def test_blocks_keep_every_value_through_take_slice_concat_and_rebatch():
-    """Records as columns: a field some records lack is None there (missing, never zero), rows come
-    back in the order asked for, and re-batching neither drops nor repeats a row."""
-    from pipeline.arrow import Rebatch
-    from pipeline.rows import Block, as_block
+def test_record_batches_keep_every_value_through_concat_take_and_rebatch():
+    """Records as Arrow batches of the dataset's schema: a field a record lacks is null (missing,
+    never zero), texts are dictionary-encoded and batches with other dictionaries concatenate to the
+    same values, rows come back in the order asked for, and re-batching neither drops nor repeats a row."""
+    import pyarrow as pa
 
-    a = as_block([{"x": 1, "y": "a"}, {"x": 2}, {"x": 3, "y": "c", "z": 0.0}])
-    assert a.n == 3 and list(a.columns) == ["x", "y", "z"]
-    assert list(a) == [{"x": 1, "y": "a", "z": None}, {"x": 2, "y": None, "z": None}, {"x": 3, "y": "c", "z": 0.0}]
-    assert list(a.take([2, 0])) == [{"x": 3, "y": "c", "z": 0.0}, {"x": 1, "y": "a", "z": None}]
-    assert list(a.take([1])) == [{"x": 2, "y": None, "z": None}] and a.take([]).n == 0
-    assert [r["x"] for r in a.slice(1, 10)] == [2, 3]
-    b = Block({"x": [4, 5], "w": ["p", "q"]}, 2)
-    both = Block.concat([a, Block({}, 0), b])
-    assert [(r["x"], r["y"], r["w"]) for r in both] == [(1, "a", None), (2, None, None), (3, "c", None), (4, None, "p"),
-                                                          (5, None, "q")]
-    assert list(a.replace(x=[7, 8, 9]).get("x")) == [7, 8, 9] and list(a.get("x")) == [1, 2, 3]  # a new block
-    assert "y" not in a.drop("y").columns and a.get("absent") == (None, None, None)
+    from pipeline.arrow import Rebatch
+    from pipeline.records import model
+
+    schema = model.arrow_schema(SCHEMA)
+    a = model.from_records([{"carrier": "AA", "dep_delay": 1.0, "dep_ts": 10}, {"carrier": "DL"},
+                            {"origin": "JFK", "dep_delay": 0.0}], schema)
+    assert a.schema == schema and a.num_rows == 3
+    assert pa.types.is_dictionary(a.schema.field("carrier").type) and a.schema.field(ID).type == pa.binary(12)
+    rows = a.to_pylist()
+    assert [(r["carrier"], r["dep_delay"], r["dep_ts"], r["origin"]) for r in rows] == [
+        ("AA", 1.0, 10, None), ("DL", None, None, None), (None, 0.0, None, "JFK")]
+    b = model.from_records([{"carrier": "UA", "dep_delay": -3.0}, {"carrier": "AA"}], schema)
+    both = model.concat([a, model.empty(schema), b])
+    assert [r["carrier"] for r in both.to_pylist()] == ["AA", "DL", None, "UA", "AA"]
+    assert both.column("carrier").dictionary.to_pylist() == ["AA", "DL", "UA"]  # one dictionary for all
+    assert [r["carrier"] for r in model.take(both, [3, 0]).to_pylist()] == ["UA", "AA"]
+    delays = model.numbers(both.column("dep_delay"))
+    assert delays[0] == 1.0 and math.isnan(delays[1]) and delays[2] == 0.0 and delays[3] == -3.0
+    assert model.valid(both.column("carrier")).tolist() == [True, True, False, True, True]
 
     rebatch = Rebatch(4)
     rebatch.start_bundle()
-    out = [blk for chunk in (a, b, a, b) for blk in rebatch.process(chunk)]
+    out = [batch for chunk in (a, b, a, b) for batch in rebatch.process(chunk)]
     out += [w.value for w in rebatch.finish_bundle()]
-    assert [len(blk) for blk in out] == [4, 4, 2]
-    assert [r["x"] for blk in out for r in blk] == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
-    parted = Rebatch(4, joined=False)  # each batch as its parts: slices of the blocks that came in
-    parted.start_bundle()
-    parts = [batch for chunk in (a, b, a, b) for batch in parted.process(chunk)]
-    parts += [w.value for w in parted.finish_bundle()]
-    assert [[len(part) for part in batch] for batch in parts] == [[3, 1], [1, 3], [2]]
-    assert [list(Block.concat(batch)) for batch in parts] == [list(blk) for blk in out]
+    assert [batch.num_rows for batch in out] == [4, 4, 2]
+    carriers = [r["carrier"] for r in both.to_pylist()]
+    assert [r["carrier"] for batch in out for r in batch.to_pylist()] == carriers + carriers
 
 
 def test_split_keys_per_distinct_value_equal_the_keys_per_record():
-    from pipeline.rows import Block
+    import pyarrow as pa
+
     from pipeline.split import unit_keys
 
-    block = Block({"fl_date": ["2015-01-01", "2015-01-02", "2015-01-01"],
-                   "dep_time_local": ["2015-01-01 05:59", "2015-01-02 23:10", "2015-01-01 06:00"]}, 3)
+    batch = pa.RecordBatch.from_pydict({
+        "fl_date": pa.array(["2015-01-01", "2015-01-02", "2015-01-01"]).dictionary_encode(),
+        "dep_time_local": ["2015-01-01 05:59", "2015-01-02 23:10", "2015-01-01 06:00"]})
     for name, unit in flights.SPLIT_UNITS.items():
-        assert unit.field in block.columns, name
-        assert unit_keys(unit, block) == [unit(r) for r in block]
-    assert unit_keys(lambda r: r["fl_date"][:7], block) == ["2015-01"] * 3  # a unit without .field: per record
+        assert unit.field in batch.schema.names, name
+        assert unit_keys(unit, batch) == [unit(r) for r in batch.to_pylist()]
+    assert unit_keys(lambda r: r["fl_date"][:7], batch) == ["2015-01"] * 3  # a unit without .field: per record
 
 
 # ------------------------------------------------------------------ split
@@ -330,83 +339,6 @@ def test_a_compressed_file_is_one_range_read_in_chunks(tmp_path):
     assert [line for c in chunks for line in c] == [b"%d\n" % i for i in range(25)]
 
 
-def test_packed_text_gives_back_every_value_and_stays_packed_until_read():
-    """The raw lines cross the windowing shuffle as one compressed buffer a block: None, empty,
-    non-ASCII, a quoted newline and NUL come back as they were, through pickling and the runner's
-    coder, through take/slice/concat, and the buffer is only unpacked where a value is read."""
-    import pickle
-
-    from pipeline.rows import Block, PackedText
-    from pipeline.windowing import _CODER
-
-    texts = ["2015,1,1,AA", None, "", 'é,"a\nb",\x00', "x" * 5000]
-    packed = PackedText.of(texts)
-    for copy in (pickle.loads(pickle.dumps(packed)), _CODER.decode(_CODER.encode(packed))):
-        assert copy._values is None and len(copy) == 5  # not unpacked by being moved
-        assert list(copy) == texts and copy[3] == texts[3] and copy[1:3] == [None, ""]
-    assert len(_CODER.encode(PackedText.of(["2015,1,1,AA,100,JFK,LAX,0005"] * 1000))) < 1000  # compressed
-    assert packed._blob[:1] == b"S"  # zstd
-    block = Block({"k": [1, 2, 3, 4, 5], "_line": PackedText.of(texts)}, 5)
-    assert [r["_line"] for r in block.take([3, 0])] == [texts[3], texts[0]]
-    assert list(Block.concat([block.slice(0, 2), block]).get("_line")) == texts[:2] + texts
-    assert PackedText.of([]) == [] and list(PackedText.of([None])) == [None]
-
-
-def test_window_group_elements_are_compressed_and_come_back_whole(monkeypatch):
-    """A window group's element: its row counts, then the blocks as the runner's coder writes them,
-    compressed (zstd, or zlib where pyarrow lacks zstd); either comes back the same, and anything else
-    is refused."""
-    import pytest
-
-    from pipeline import compression, windowing
-    from pipeline.rows import Block, HexIds, PackedText
-    from pipeline.wire import pack_block, unpack_block
-
-    ids = HexIds.of([f"{i:024x}" for i in range(300)])
-    records = Block({"origin": ["JFK"] * 300, "dep_delay": [float(i % 7) for i in range(300)], "_id": ids,
-                     "_line": PackedText.of([f"2015,1,1,AA,{i},JFK" for i in range(300)])}, 300)
-    events = (1, 0, ["JFK"], b"\x00" * 4 * 300, (12, ids.raw), b"\x00" * 8 * 300, b"\x00" * 8 * 300)
-    blocks = [(0, pack_block(records)), events]
-    raw = windowing._CODER.encode(blocks)
-    packed = windowing._pack(blocks)
-    assert packed[8:9] == b"S" and len(packed) < len(raw) / 2
-    assert windowing._packed_rows(packed) == (300, 300)  # (records, events): read without unpacking
-    (kind, got), events_back = windowing._unpack(packed)
-    assert kind == 0 and list(unpack_block(got)) == list(records) and events_back == events
-
-    monkeypatch.setattr(compression, "_codec", lambda name: None)  # a pyarrow built without zstd
-    fallback = windowing._pack(blocks)
-    lines = PackedText.of(["2015,1,1,AA", None])
-    assert fallback[8:9] == b"Z" and lines._blob[:1] == b"Z" and list(lines) == ["2015,1,1,AA", None]
-    with pytest.raises(RuntimeError, match="zstd-compressed, and this worker's pyarrow has no zstd"):
-        windowing._unpack(packed)
-    monkeypatch.undo()  # the records' raw lines were packed with zstd before
-    assert list(unpack_block(windowing._unpack(fallback)[0][1])) == list(records)
-    with pytest.raises(ValueError, match="not window group data"):
-        windowing._unpack(raw)
-    with pytest.raises(ValueError, match="not window group data"):
-        windowing._packed_rows(b"S")
-
-
-def test_compressed_buffers_name_their_codec():
-    """Each codec's buffer comes back whole, empty and incompressible data included, whichever codec
-    wrote it; zstd is the smaller on raw flight lines; a buffer of another origin is refused."""
-    import os
-
-    import pytest
-
-    from pipeline.compression import compress, decompress
-
-    lines = "".join(f"2015,1,{1 + i % 28},AA,{100 + i},JFK,LAX,{i % 2400:04d},-3.0,12.0\n" for i in range(2000)).encode()
-    for data in (b"", b"x", os.urandom(5000), lines):
-        for codec in ("zstd", "lz4"):
-            blob = compress(data, codec)
-            assert blob[:1] == {"zstd": b"S", "lz4": b"L"}[codec] and decompress(blob) == data
-    assert len(compress(lines, "zstd")) < len(compress(lines, "lz4")) < len(lines) / 3
-    with pytest.raises(ValueError, match="not a compressed buffer"):
-        decompress(b"Xabc")
-
-
 def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -418,31 +350,3 @@ def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
     for flags in (["--runner", "DataflowRunner"], ["--runner", "PortableRunner"], ["--runner", "FlinkRunner"],
                   ["--direct_running_mode", "multi_processing"]):
         assert not single_process(PipelineOptions(flags)), flags
-
-
-def test_hex_ids_pack_only_lowercase_hex_of_one_length_and_read_back_the_same():
-    """Fingerprint ids as bytes: anything else (uppercase, odd or mixed lengths, spaces, non-strings)
-    stays as it is; packed ids read back as the same strings through take, slice, concat and
-    pickling, and their numpy form sorts as the strings do."""
-    import pickle
-
-    import numpy as np
-
-    from pipeline.rows import Block, HexIds
-
-    ids = ["00ff00", "a0b1c2", "000000", "ffffff", "0a0000"]
-    packed = HexIds.of(ids)
-    assert packed is not None and packed.width == 3 and list(packed) == ids and packed[-1] == "0a0000"
-    for other in (["ABCDEF"], ["abc"], ["ab", "abcd"], ["ab cd "], [1, 2], ["zz"], [], ["ab", None]):
-        assert HexIds.of(other) is None, other
-    assert pickle.loads(pickle.dumps(packed)) == ids
-    fingerprints = [f"{i * 7919:024x}" for i in range(1000)]
-    assert len(pickle.dumps(HexIds.of(fingerprints))) < len(pickle.dumps(fingerprints)) / 2
-    assert list(np.argsort(packed.array(), kind="stable")) == sorted(range(5), key=ids.__getitem__)
-    block = Block({"_id": packed, "x": [1, 2, 3, 4, 5]}, 5)
-    for part, expected in ((block.take([4, 0]), ["0a0000", "00ff00"]), (block.take([2]), ["000000"]),
-                           (block.slice(1, 3), ["a0b1c2", "000000"])):
-        assert isinstance(part.columns["_id"], HexIds) and list(part.get("_id")) == expected
-    assert isinstance(Block.concat([block, block.take([1])]).columns["_id"], HexIds)
-    mixed = Block.concat([block, Block({"_id": ["r1"], "x": [6]}, 1)])
-    assert list(mixed.get("_id")) == ids + ["r1"]

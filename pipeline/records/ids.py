@@ -12,16 +12,13 @@ different records share an id with a chance of about 2^-96, which is what de-dup
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.rows import Block, HexIds
-from pipeline.wire import NumberColumn, TextColumn
+from pipeline.records.model import ID_BYTES, ID_TYPE
 
-ID_BYTES = 12
 LANE_SEEDS = (0x6A09E667F3BCC908, 0xBB67AE8584CAA73B)  # the first of SHA-512's initial words
 _NONE_HASH = (0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1)
 _FLOAT_KEYS = (0x510E527FADE682D1, 0x9B05688C2B3E6C1F)
@@ -104,37 +101,27 @@ def _float_holds(integer) -> bool:
         return False
 
 
-def _column_hashes(values):
-    """Both lanes' hashes of every value of a column: vectorized where the column is packed
-    (:mod:`pipeline.wire`) or pyarrow reads it as texts or numbers (per distinct text, per number),
-    value by value otherwise."""
-    if isinstance(values, TextColumn):
-        return tuple(lane[values.codes] for lane in _text_lanes(pa.array(values.names, type=pa.string())))
-    if isinstance(values, NumberColumn):
-        present = None if values.missing is None else ~values.missing
-        filled = values.values if present is None else np.where(present, values.values, 0)
-        hashes = _number_hashes(filled, present, values.values.dtype == np.int64)
+def _column_hashes(column: pa.Array):
+    """Both lanes' hashes of every value of an Arrow column: per distinct text for texts, vectorized
+    for numbers, value by value for anything else (and an integer no float64 holds exactly)."""
+    n = len(column)
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        lanes = _text_hashes(column.dictionary.cast(pa.large_string()))
+        indices = column.indices.fill_null(len(column.dictionary)).to_numpy(zero_copy_only=False)
+        return tuple(np.append(lane, np.uint64(none))[indices] for lane, none in zip(lanes, _NONE_HASH, strict=True))
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _text_lanes(column)
+    if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        present = column.is_valid().to_numpy(zero_copy_only=False)
+        filled = column.fill_null(False if pa.types.is_boolean(kind) else 0).to_numpy(zero_copy_only=False)
+        hashes = _number_hashes(filled, present, pa.types.is_integer(kind))
         if hashes is not None:
             return hashes
-        values = list(values)
-    n = len(values)
-    try:
-        array = pa.array(values if isinstance(values, list) else list(values))
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        array = None
-    kind = None if array is None else array.type
-    if kind is not None and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        return _text_lanes(array)
-    if kind is not None and (pa.types.is_float64(kind) or pa.types.is_int64(kind) or pa.types.is_boolean(kind)):
-        present = array.is_valid().to_numpy(zero_copy_only=False)
-        filled = array.fill_null(False if pa.types.is_boolean(kind) else 0).to_numpy(zero_copy_only=False)
-        hashes = _number_hashes(filled, present, pa.types.is_int64(kind))
-        if hashes is not None:
-            return hashes
-    if kind is not None and pa.types.is_null(kind):
+    if pa.types.is_null(kind):
         return np.full(n, _NONE_HASH[0], dtype=np.uint64), np.full(n, _NONE_HASH[1], dtype=np.uint64)
     table = {}
-    pairs = np.array([_cached_hash(table, v) for v in values], dtype=np.uint64).reshape(-1, 2)
+    pairs = np.array([_cached_hash(table, v) for v in column.to_pylist()], dtype=np.uint64).reshape(-1, 2)
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
@@ -174,9 +161,9 @@ def _cached_hash(table: dict, value):
     return hashes
 
 
-def row_ids(columns: Sequence[Sequence], n: int) -> bytes:
-    """The ids of ``n`` rows whose values are ``columns`` (one sequence each, in order): ID_BYTES
-    bytes a row, row after row."""
+def row_ids(columns: Sequence[pa.Array], n: int) -> bytes:
+    """The ids of ``n`` rows whose values are ``columns`` (Arrow arrays, in order): ID_BYTES bytes a
+    row, row after row."""
     lanes = [np.full(n, seed, dtype=np.uint64) for seed in LANE_SEEDS]
     with np.errstate(over="ignore"):
         for values in columns:
@@ -189,15 +176,22 @@ def row_ids(columns: Sequence[Sequence], n: int) -> bytes:
     return raw.tobytes()
 
 
-def fingerprint(record: Mapping[str, Any], columns) -> str:
-    """Stable id of a canonical record: equal for exact duplicates, whatever file they came from.
+def fingerprints(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.Array:
+    """Stable ids of the records of ``batch``, one a record: equal for records whose ``columns``
+    hold equal values, whatever batch or file they came from (so exact copies share theirs), as
+    12 fixed-size bytes each."""
+    n = batch.num_rows
+    raw = row_ids([batch.column(name) for name in columns], n)
+    return pa.FixedSizeBinaryArray.from_buffers(ID_TYPE, n, [None, pa.py_buffer(raw)])
 
-    See :func:`fingerprints`; this is its id for a block of one record."""
-    return fingerprints(Block.from_records([record]), columns)[0]
 
-
-def fingerprints(block: Block, columns) -> HexIds:
-    """Stable ids of the records of ``block`` (see :func:`fingerprint`), one a record: equal for
-    records whose ``columns`` hold equal values, whatever block or file they came from, as
-    :class:`HexIds` (24 lowercase hex digits each; :func:`pipeline.hashing.row_ids` says how)."""
-    return HexIds(row_ids([block.get(name) for name in columns], len(block)), ID_BYTES)
+def fingerprint(record: dict, columns: Sequence[str]) -> bytes:
+    """The id of one record (a dict, a field it lacks missing), hashed value by value by the rule
+    every column path of :func:`fingerprints` agrees with: the same bytes it gives the record in a batch."""
+    lanes = [np.full(1, seed, dtype=np.uint64) for seed in LANE_SEEDS]
+    with np.errstate(over="ignore"):
+        for name in columns:
+            for lane, h in zip(lanes, _value_hash(record.get(name)), strict=True):
+                lane += np.uint64(h)
+                _mix(lane)
+    return (lanes[0].astype(">u8").tobytes() + lanes[1].astype(">u8").tobytes())[:ID_BYTES]
