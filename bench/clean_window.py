@@ -57,11 +57,11 @@ def main(argv=None) -> int:
     import apache_beam as beam
 
     from bench.stages import per_transform_msecs
-    from pipeline import flights
-    from pipeline.io import plan_inputs
+    from pipeline.datasets import flights
     from pipeline.options import parse_options
     from pipeline.records.verdicts import EXCLUDED, REJECTED
-    from pipeline.stages import RECORDS, CleanAndWindow
+    from pipeline.stages.clean import RECORDS, CleanAndWindow
+    from pipeline.stages.read import plan_inputs
 
     work = tempfile.mkdtemp(prefix="bench_cw_")
     options, ours = parse_options(["--dataset", "flights", "--output_dir", work, *beam_args])

@@ -210,7 +210,7 @@ def window_averages(df: pd.DataFrame, window_s: int = 3600) -> pd.DataFrame:
 
 
 def reference(paths: list[str], window_s: int = 3600) -> tuple[pd.DataFrame, dict]:
-    from pipeline.airports import load_airports
+    from pipeline.datasets.airports import load_airports
 
     airports = load_airports(None)
     t0 = time.perf_counter()

@@ -81,9 +81,9 @@ def main(argv=None) -> int:
     import tensorflow_transform.beam as tft_beam
 
     from pipeline import preprocess
-    from pipeline.io import plan_inputs
     from pipeline.options import parse_options
-    from pipeline.split import parse_fractions
+    from pipeline.stages.read import plan_inputs
+    from pipeline.stages.split import parse_fractions
 
     out = tempfile.mkdtemp(prefix="bench_stages_")
     options, ours = parse_options(["--dataset", "flights", "--output_dir", out, *beam_args])

@@ -9,7 +9,7 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.io import InputError
+from pipeline.stages.read import InputError
 
 DATASETS = ("flights", "taxi")
 LOCAL_RUNNER = "FnApiRunner"

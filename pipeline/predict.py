@@ -26,12 +26,12 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import manifest
-from pipeline.arrow import Rebatch, raw_schema, tfxio_for, to_record_batch
-from pipeline.io import plan_inputs
 from pipeline.options import PreprocessOptions, UsageError, beam_options, run_main
 from pipeline.preprocess import load_dataset, prepare_output_dir
-from pipeline.stages import LINES, RECORDS, CleanAndWindow, WriteDeadLetters
+from pipeline.stages import manifest
+from pipeline.stages.clean import READ, RECORDS, CleanAndWindow, WriteDeadLetters
+from pipeline.stages.read import plan_inputs
+from pipeline.stages.tfxio import Rebatch, raw_schema, tfxio_for, to_record_batch
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def build(p, dataset, plan, layouts, export_dir: str, output_dir: str, window_s:
         | "WritePredictions" >> beam.io.WriteToText(os.path.join(output_dir, "predictions"), file_name_suffix=".jsonl")
     )
     count_keys = [
-        cleaned[LINES] | "CountRead" >> beam.Map(manifest.read_count),
+        cleaned[READ] | "CountRead" >> beam.Map(manifest.read_count),
         predictions | "CountPredicted" >> beam.Map(lambda _: manifest.SEP.join(("split", "predicted"))),
         cleaned | "WriteDeadLetters" >> WriteDeadLetters(output_dir),
     ]

@@ -26,13 +26,14 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline import flights, manifest, taxi
-from pipeline.arrow import ToRecordBatches, raw_schema, tfxio_for
-from pipeline.io import plan_inputs
+from pipeline.datasets import flights, taxi
 from pipeline.options import UsageError, parse_options, run_main
-from pipeline.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
-from pipeline.stages import LINES, PARSED, RECORDS, CleanAndWindow, WriteDeadLetters
-from pipeline.transform import AnalyzeAndTransformSplits, EncodeRawExamples, write_examples
+from pipeline.stages import manifest
+from pipeline.stages.clean import PARSED, READ, RECORDS, CleanAndWindow, WriteDeadLetters
+from pipeline.stages.read import plan_inputs
+from pipeline.stages.split import SPLITS, SplitRecords, choose_unit, parse_fractions, unit_keys
+from pipeline.stages.tfxio import ToRecordBatches, raw_schema, tfxio_for
+from pipeline.stages.transform import AnalyzeAndTransformSplits, EncodeRawExamples, write_examples
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def build(
     schema = dataset.SCHEMA
     optional = [n for n in schema.example_columns if not schema.columns[n].required]
     cleaned = p | "CleanAndWindow" >> CleanAndWindow(dataset, plan, layouts, window_s)
-    lines, windowed = cleaned[LINES], cleaned[RECORDS]
+    read, windowed = cleaned[READ], cleaned[RECORDS]
     units = dataset.SPLIT_UNITS
     coarsest = next(iter(units.values()))
     # The distinct split keys, counted on the parsed records: the windowing drops only exact copies, which
@@ -98,7 +99,7 @@ def build(
     arrow_schema = tfxio.ArrowSchema()
     batches = {}
     count_keys = [
-        lines | "CountRead" >> beam.Map(manifest.read_count),
+        read | "CountRead" >> beam.Map(manifest.read_count),
         n_coarse | "CountSplitUnit" >> beam.FlatMap(manifest.split_unit_keys, list(units), split_by),
     ]
     for split in SPLITS:

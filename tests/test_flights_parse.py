@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline import flights
-from pipeline.airports import load_airports, local_to_utc
+from pipeline.datasets import flights
+from pipeline.datasets.airports import load_airports, local_to_utc
 from pipeline.records.verdicts import Exclude, Reject
 from schemas.flights import SCHEMA
 

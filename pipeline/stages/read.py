@@ -42,7 +42,7 @@ class Layout:
     description: str = ""
     # Optional: ``make_block_parser(header)`` returns a function taking a chunk of decoded lines and its
     # Verdicts and giving (columns, indices): the records of the lines at those indices, as columns;
-    # every other line gets its reason in the Verdicts (see pipeline.columnar).
+    # every other line gets its reason in the Verdicts (see pipeline.datasets.columnar).
     make_block_parser: Callable[[str], Callable[..., tuple[dict, list[int]]]] | None = None
 
 
@@ -231,13 +231,20 @@ def _line_blocks(f, read_bytes: int | None = None):
             yield [part + b"\n" for part in parts]
 
 
+READ = "read"
+LINES = "lines"
+
+
 class ReadRawLines(beam.PTransform):
     """Reads every planned file as ``(path, [line_bytes, ...])`` chunks, each file's header skipped.
 
-    Uncompressed files are cut into byte ranges and compressed ones read whole; the chunks are then
-    redistributed (``Reshuffle``) so that parsing runs on every worker even for a single input file.
-    Where one process runs everything (:func:`single_process`), there is no other worker to give
-    chunks to, and the reshuffle would only copy every line once more: it is left out.
+    Returns a dict: ``read`` (the chunks as read from the files, what the manifest counts as read)
+    and ``lines`` (the same chunks, where parsing takes them). Uncompressed files are cut into byte
+    ranges and compressed ones read whole; the chunks are then redistributed (``Reshuffle``) so that
+    parsing runs on every worker even for a single input file, and counted before it, so that a
+    chunk lost on the way fails the manifest's reconciliation. Where one process runs everything
+    (:func:`single_process`), there is no other worker to give chunks to, and the reshuffle would
+    only copy every line once more: it is left out.
     """
 
     def __init__(self, plan: Sequence[InputFile], layouts: Mapping[str, Layout], chunk_lines: int = CHUNK_LINES):
@@ -250,8 +257,8 @@ class ReadRawLines(beam.PTransform):
         ranges = [rng for f in self._plan for rng in read_ranges(f.path, f.size, self._layouts[f.layout].has_header)]
         chunks = pbegin | "ListRanges" >> beam.Create(ranges) | "ReadChunks" >> beam.FlatMap(read_lines, self._chunk_lines)
         if single_process(pbegin.pipeline.options):
-            return chunks
-        return chunks | "ReshuffleChunks" >> beam.Reshuffle()
+            return {READ: chunks, LINES: chunks}
+        return {READ: chunks, LINES: chunks | "ReshuffleChunks" >> beam.Reshuffle()}
 
 
 def single_process(options) -> bool:

@@ -83,7 +83,7 @@ class ParseChunks(ParseRows):
 
     Each record gets its id: the fingerprint of its canonical columns, equal for exact copies (which
     the windowing stage, where copies meet, de-duplicates). Where the layout has a block parser (see
-    ``pipeline.columnar``), it takes the chunk column by column and hands back to the row parser
+    ``pipeline.datasets.columnar``), it takes the chunk column by column and hands back to the row parser
     only the lines it does not judge (not UTF-8, empty).
     """
 

@@ -30,20 +30,20 @@ import zipfile
 import numpy as np
 import pyarrow as pa
 
-from pipeline.airports import (
+from pipeline.datasets.airports import (
     load_airports,
     local_to_utc,
     local_to_utc_many,
     utc_to_local_string,
     utc_to_local_string_many,
 )
-from pipeline.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select
-from pipeline.fields import MISSING, csv_fields, number
-from pipeline.io import Layout
+from pipeline.datasets.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select
+from pipeline.datasets.fields import MISSING, csv_fields, number
 from pipeline.records.model import may_fail
 from pipeline.records.verdicts import EXCLUDED, Exclude, Reject, Verdicts
-from pipeline.split import split_unit
-from pipeline.windowing import WindowFeature
+from pipeline.stages.read import Layout
+from pipeline.stages.split import split_unit
+from pipeline.stages.window import WindowFeature
 from schemas import transformed_name
 from schemas.flights import (
     CATEGORICAL_FEATURES,
@@ -501,7 +501,7 @@ def _departure_hour(record: dict) -> str:
 
 
 # Split units, coarsest first: a day never straddles two splits; samples of a few days fall back to
-# the hour of departure (see pipeline.split.choose_unit).
+# the hour of departure (see pipeline.stages.split.choose_unit).
 SPLIT_UNITS = {"day": _flight_day, "hour": _departure_hour}
 
 

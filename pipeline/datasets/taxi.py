@@ -17,7 +17,7 @@ Header names are matched without regard to case or surrounding spaces (2014's fi
 " pickup_datetime"; RateCodeID became RatecodeID in 2016).
 
 Times: TLC date-times are the New York wall clock. They become UTC epoch seconds with the offset in
-force at that instant (``pipeline.airports.local_to_utc``: a wall time in the spring-forward gap, or
+force at that instant (``pipeline.datasets.airports.local_to_utc``: a wall time in the spring-forward gap, or
 in the repeated fall-back hour, takes the offset in force before the change, i.e. EST in March and
 EDT in November). One exception: a dropoff in the repeated hour that would fall before its pickup
 under EDT is read as the second (EST) occurrence. The ``pickup_datetime`` feature is then the
@@ -45,13 +45,13 @@ import math
 import re
 from zoneinfo import ZoneInfo
 
-from pipeline.airports import local_to_utc, utc_to_local_string
-from pipeline.fields import MISSING, csv_fields, number
-from pipeline.io import InputError, Layout
+from pipeline.datasets.airports import local_to_utc, utc_to_local_string
+from pipeline.datasets.fields import MISSING, csv_fields, number
 from pipeline.options import UsageError
 from pipeline.records.verdicts import Reject
-from pipeline.split import split_unit
-from pipeline.windowing import WindowFeature
+from pipeline.stages.read import InputError, Layout
+from pipeline.stages.split import split_unit
+from pipeline.stages.window import WindowFeature
 from schemas import transformed_name
 from schemas.taxi import (
     DAYS_PER_WEEK,
@@ -64,7 +64,7 @@ from schemas.taxi import (
     MISSING_INDICATORS,
     NUM_LATLON_BUCKETS,
     NUMERIC_FEATURES,
-    SCHEMA,  # noqa: F401 - the driver reads pipeline.taxi.SCHEMA
+    SCHEMA,  # noqa: F401 - the driver reads pipeline.datasets.taxi.SCHEMA
     TIMEZONE,
 )
 
@@ -382,7 +382,7 @@ def default_input(options) -> tuple[str, str]:
         "2009 to June 2016 (later files have zone IDs, not coordinates), as CSV from the TLC trip record "
         "data page (https://www.nyc.gov/site/tlc/about/tlc-trip-record-data.page), or exported from the "
         "BigQuery public dataset bigquery-public-data.new_york_taxi_trips (tlc_yellow_trips_YYYY; see "
-        "pipeline.taxi.bigquery_query), or the course's cleaned CSV. Several files: a glob or "
+        "pipeline.datasets.taxi.bigquery_query), or the course's cleaned CSV. Several files: a glob or "
         "comma-separated patterns, e.g. --input 'data/yellow_tripdata_2015-*.csv'"
     )
 

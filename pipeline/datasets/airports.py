@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from pipeline.columnar import Coded, combine
+from pipeline.datasets.columnar import Coded, combine
 
 logger = logging.getLogger(__name__)
 

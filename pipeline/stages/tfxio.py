@@ -11,8 +11,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline.records import coder  # noqa: F401 - registers the coder of record batches
-from pipeline.records import model
+from pipeline.records import (
+    coder,  # noqa: F401 - registers the coder of record batches
+    model,
+)
 
 
 def raw_schema(schema):

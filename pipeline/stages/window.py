@@ -31,8 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.records import coder  # noqa: F401 - registers the coder of record batches
-from pipeline.records import model
+from pipeline.records import (
+    coder,  # noqa: F401 - registers the coder of record batches
+    model,
+)
 from pipeline.records.model import ID, LINE, SOURCE
 from pipeline.records.verdicts import REJECTED, dead_letter
 

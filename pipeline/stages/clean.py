@@ -8,14 +8,13 @@ import os
 import apache_beam as beam
 import pyarrow as pa
 
-from pipeline import manifest
-from pipeline.io import ReadRawLines, parser_factory
-from pipeline.parse import ParseChunks
 from pipeline.records import coder  # noqa: F401 - registers the coder of record batches
 from pipeline.records.verdicts import EXCLUDED, REJECTED, to_json_line
-from pipeline.windowing import WindowRecords
+from pipeline.stages import manifest
+from pipeline.stages.parse import ParseChunks
+from pipeline.stages.read import LINES, READ, ReadRawLines, parser_factory
+from pipeline.stages.window import WindowRecords
 
-LINES = "lines"
 RECORDS = "records"
 PARSED = "parsed"
 
@@ -23,7 +22,8 @@ PARSED = "parsed"
 class CleanAndWindow(beam.PTransform):
     """Reads the planned raw files -> parsed, validated, de-duplicated records with windowed features.
 
-    Returns a dict: ``lines`` (chunks of raw lines, ``(path, [line, ...])``), ``records``
+    Returns a dict: ``read`` (chunks of raw lines as read, ``(path, [line, ...])``, to count), ``lines``
+    (the same chunks, where they are parsed), ``records``
     (Arrow record batches, :mod:`pipeline.records.model`), ``parsed`` (the batches as parsed, before
     de-duplication and windowing: the same records, copies included, so the same distinct values
     of any column), ``rejected`` and ``excluded`` (one dead-letter entry each). Records move in
@@ -41,7 +41,8 @@ class CleanAndWindow(beam.PTransform):
 
     def expand(self, pbegin):
         schema = self._dataset.SCHEMA
-        lines = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
+        read = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
+        lines = read[LINES]
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
             ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled)
         ).with_output_types(pa.RecordBatch).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
@@ -49,7 +50,7 @@ class CleanAndWindow(beam.PTransform):
             self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )
         rejected = (parsed[REJECTED], windowed[REJECTED]) | "FlattenRejected" >> beam.Flatten()
-        return {LINES: lines, RECORDS: windowed[RECORDS], PARSED: parsed[RECORDS], REJECTED: rejected,
+        return {READ: read[READ], LINES: lines, RECORDS: windowed[RECORDS], PARSED: parsed[RECORDS], REJECTED: rejected,
                 EXCLUDED: parsed[EXCLUDED]}
 
 

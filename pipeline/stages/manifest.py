@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.records.verdicts import reason_key
-from pipeline.split import choose_unit
+from pipeline.stages.split import choose_unit
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def batch_split_keys(batch, split: str, optional_columns) -> list[tuple[str, int
     """Count keys of an Arrow record batch of the split, as ``(key, n)`` pairs: the split's rows, and per
     optional column the rows where it is present.
 
-    A missing value is an empty list in the batch (see ``pipeline.arrow.to_record_batch``), so a
+    A missing value is an empty list in the batch (see ``pipeline.stages.tfxio.to_record_batch``), so a
     column's present count is its number of non-empty lists; zero counts are left out.
     """
     import numpy as np
