@@ -293,14 +293,7 @@ def test_dataflow_job_is_submitted_as_run_dataflow_sh_configures_it(dataflow_job
     assert dataflow_job["response"].id == "2026-01-01_00_00_00-fake"
 
 
-def test_dataflow_graph_has_our_stages_and_writes_to_the_bucket(dataflow_job):
-    transforms = dataflow_job["pipeline"].components.transforms.values()
-    stages = {t.unique_name.rsplit("/", 1)[-1] for t in transforms}
-    for stage in ("ReadRawLines", "ParseAndValidate", "DeduplicateAndAddWindowFeatures", "AssignSplit",
-                  "AnalyzeAndTransform", "AnalyzeTrainData", "WriteTransformFn", "WriteCounts"):
-        assert stage in stages, f"{stage} missing from the Dataflow graph"
-    for split in ("Train", "Valid", "Test"):
-        assert f"Transform{split}Data" in stages and f"WriteRaw{split}Examples" in stages
+def test_dataflow_graph_writes_every_output_to_the_bucket(dataflow_job):
     out = dataflow_job["output_dir"]
     written = set(re.findall(rb"gs://my-bucket/[\w/.-]*", dataflow_job["pipeline_bytes"]))
     for sub in ("train/part-", "valid/part-", "test/part-", "raw/train/part-", "rejected/part-", "excluded/part-"):

@@ -141,7 +141,7 @@ FORBIDDEN_ATTRS = {("yaml", "load"), ("yaml", "unsafe_load"), ("yaml", "full_loa
 
 
 def _code_files():
-    files = [REPO / "trainer" / "serve.py", *sorted((REPO / "pipeline").glob("*.py"))]
+    files = [REPO / "trainer" / "serve.py", *sorted((REPO / "pipeline").rglob("*.py"))]
     files += sorted((REPO / "schemas").glob("*.py"))
     return files
 

@@ -508,7 +508,7 @@ SPLIT_UNITS = {"day": _flight_day, "hour": _departure_hour}
 # ---------------------------------------------------------------- tensorflow-transform
 def preprocessing_fn(inputs):
     """Raw flight features -> model inputs. Analysed on the train split only."""
-    from pipeline import features as fx  # TensorFlow: imported where the graph is built, not by a parse helper
+    from pipeline.datasets import features as fx  # TensorFlow: imported where the graph is built, not by a parse helper
 
     out = {}
     for name in NUMERIC_FEATURES:

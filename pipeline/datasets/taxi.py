@@ -441,7 +441,7 @@ def preprocessing_fn(inputs):
     """Raw trip features -> model inputs. Analysed on the train split only."""
     import tensorflow as tf
 
-    from pipeline import features as fx  # TensorFlow: imported where the graph is built, not by a parse helper
+    from pipeline.datasets import features as fx  # TensorFlow: imported where the graph is built, not by a parse helper
 
     out = {}
     for name in NUMERIC_FEATURES:
