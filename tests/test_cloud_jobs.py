@@ -318,7 +318,8 @@ def test_staged_package_is_this_project_with_its_pins(dataflow_job):
     with tarfile.open(dataflow_job["staging"] / "workflow.tar.gz") as sdist:
         files = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
         ds = dataflow_job["dataset"]
-        for module in ("pipeline/__init__.py", "pipeline/preprocess.py", f"pipeline/{ds}.py", "schemas/__init__.py",
+        for module in ("pipeline/__init__.py", "pipeline/preprocess.py", f"pipeline/datasets/{ds}.py",
+                       "pipeline/stages/window.py", "pipeline/records/coder.py", "schemas/__init__.py",
                        f"schemas/{ds}.py", "trainer/__init__.py", "setup.py", "pyproject.toml"):
             assert module in files, f"{module} not in the package Dataflow workers install"
         assert not any(f.startswith("tests/") for f in files)
