@@ -23,10 +23,9 @@ import time
 STAGE_OF = (
     ("CleanAndWindow/ReadRawLines", "read lines"),
     ("CleanAndWindow/ParseAndValidate", "parse + validate"),
-    ("CleanAndWindow/DeduplicateAndAddWindowFeatures/Emit", "window: emit records/events/queries"),
-    ("CleanAndWindow/DeduplicateAndAddWindowFeatures/GroupByKeyAndTimeBucket", "window: group by (airport, day)"),
-    ("CleanAndWindow/DeduplicateAndAddWindowFeatures/AggregateLookback", "window: dedupe + aggregate (numpy)"),
-    ("CleanAndWindow/DeduplicateAndAddWindowFeatures", "window: flatten"),
+    ("CleanAndWindow/DeduplicateAndAddWindowFeatures/RouteToTimeBuckets", "window: route records and events"),
+    ("CleanAndWindow/DeduplicateAndAddWindowFeatures/GroupByTimeBucket", "window: group by time bucket"),
+    ("CleanAndWindow/DeduplicateAndAddWindowFeatures/AddWindowFeatures", "window: dedupe + aggregate (numpy)"),
     ("CleanAndWindow/FlattenRejected", "dead letters"),
     ("WriteDeadLetters", "dead letters"),
     ("CoarseSplitKeys", "split"),

@@ -1,9 +1,10 @@
 """tensorflow-transform: analyze on the train split only, transform every split, write examples and the graph.
 
 The library path TFX's Transform executor takes: ``tft_beam.AnalyzeDataset`` on the train split's
-Arrow record batches, ``tft_beam.TransformDataset(output_record_batches=True)`` per split,
-``tft_beam.EncodeTransformedDataset`` to serialized tf.Examples and ``beam.io.WriteToTFRecord``.
-Raw examples (``OUT/raw/``) are the raw batches through tfx-bsl's ``RecordBatchToExamplesEncoder``.
+Arrow record batches, ``tft_beam.TransformDataset(output_record_batches=True)`` per split and
+``tft_beam.EncodeTransformedDataset`` to serialized tf.Examples. Raw examples (``OUT/raw/``) are the
+raw batches through tfx-bsl's ``RecordBatchToExamplesEncoder``. Both are written in batches by
+:mod:`pipeline.stages.shards` (``beam.io.WriteToTFRecord`` costs six times the CPU, see there).
 
 Outputs: ``OUT/transform_fn``, ``OUT/transformed_metadata``, ``OUT/metadata`` (the raw schema, so
 that ``tft.TFTransformOutput(OUT).raw_feature_spec()`` works) and the TFRecord shards per split.
@@ -17,26 +18,27 @@ from collections.abc import Callable, Mapping
 import apache_beam as beam
 import pyarrow as pa
 
-# Shards are gzip TFRecords (WriteToTFRecord picks the compression from the suffix): BENCHMARKS.md
-# weighs gzip's CPU against the storage and reading it saves.
-TFRECORD_SUFFIX = ".tfrecord.gz"
+from pipeline.stages.shards import WriteExampleShards
+
+_BATCH = 4096  # records a shard write takes at once
 
 
 def write_examples(label: str, path_prefix: str):
-    """PCollection[bytes] of serialized tf.Examples -> gzip TFRecord shards ``path_prefix-*-of-*``."""
-    return label >> beam.io.WriteToTFRecord(path_prefix, file_name_suffix=TFRECORD_SUFFIX)
+    """PCollection[list[bytes]] (batches of serialized tf.Examples) -> gzip TFRecord shards
+    ``path_prefix-*-of-*.tfrecord.gz``; BENCHMARKS.md weighs gzip's CPU against the storage it saves."""
+    return label >> WriteExampleShards(path_prefix)
 
 
 class EncodeRawExamples(beam.PTransform):
-    """PCollection[pa.RecordBatch] of raw columns -> PCollection[bytes], one tf.Example a row, by
-    tfx-bsl's encoder for the raw schema (a tensorflow-metadata Schema)."""
+    """PCollection[pa.RecordBatch] of raw columns -> PCollection[list[bytes]], a batch's tf.Examples
+    (one a row), by tfx-bsl's encoder for the raw schema (a tensorflow-metadata Schema)."""
 
     def __init__(self, raw_schema):
         super().__init__()
         self._raw_schema = raw_schema
 
     def expand(self, batches):
-        return batches | "Encode" >> beam.ParDo(_EncodeExamples(self._raw_schema)).with_output_types(bytes)
+        return batches | "Encode" >> beam.ParDo(_EncodeExamples(self._raw_schema)).with_output_types(list[bytes])
 
 
 class _EncodeExamples(beam.DoFn):
@@ -49,7 +51,7 @@ class _EncodeExamples(beam.DoFn):
         self._encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
 
     def process(self, batch: pa.RecordBatch):
-        yield from self._encoder.encode(batch)
+        yield self._encoder.encode(batch)
 
 
 class AnalyzeAndTransformSplits(beam.PTransform):
@@ -83,5 +85,6 @@ class AnalyzeAndTransformSplits(beam.PTransform):
             _ = (
                 transformed
                 | f"Encode{name}Examples" >> tft_beam.EncodeTransformedDataset()
+                | f"Batch{name}Examples" >> beam.BatchElements(min_batch_size=_BATCH, max_batch_size=_BATCH)
                 | write_examples(f"Write{name}Examples", os.path.join(self._output_dir, split, "part"))
             )
