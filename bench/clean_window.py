@@ -36,8 +36,9 @@ def _stage(step: str) -> str:
 
 
 def _rows(element) -> list:
-    """Records travel in blocks (or lists, in older trees) since the chunked pipeline, one by one
-    before it (bench.ab runs both)."""
+    """Records as dicts: from an Arrow record batch, or a list or a dict in older trees (bench.ab runs both)."""
+    if hasattr(element, "to_pylist"):
+        return element.to_pylist()
     return [element] if isinstance(element, dict) else list(element)
 
 
