@@ -131,11 +131,6 @@ def ranks(column: pa.Array) -> np.ndarray:
     return pc.index_in(column, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def texts(column: pa.Array) -> list:
-    """A text column's values as Python strings (None where missing)."""
-    return column.to_pylist()
-
-
 def may_fail(columns: Mapping[str, pa.Array], n: int, schema, labelled: bool = True) -> np.ndarray:
     """Per row of ``columns`` (name -> Arrow array): True where it may fail ``schema.check``, the
     rule that gives the reason. A NaN counts as missing, so a row may be flagged that the check
