@@ -9,7 +9,7 @@ import sys
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline.stages.read import InputError
+from pipeline.records.dataset import InputError, UsageError
 
 DATASETS = ("flights", "taxi")
 LOCAL_RUNNER = "FnApiRunner"
@@ -44,10 +44,6 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--overwrite", action="store_true", help="delete a non-empty --output_dir first instead of refusing"
         )
-
-
-class UsageError(ValueError):
-    """A flag is missing or wrong; the message says which and what to do."""
 
 
 _BEAM_FLAGS = (

@@ -70,6 +70,9 @@ class DatasetSchema:
     feature_sets: Mapping[str, tuple[str, ...]]
     split_fractions: tuple[float, float, float]
     key_columns: tuple[str, ...] = ()  # identify a record in prediction outputs
+    # The record's natural key, known at prediction time: its own events are left out of its windows
+    # by it, and re-sent events count once by it (with the event's kind).
+    natural_key: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.columns[self.label].role != LABEL:
@@ -78,6 +81,9 @@ class DatasetSchema:
             unknown = [n for n in names if n not in self.feature_names]
             if unknown:
                 raise ValueError(f"feature set {set_name!r} names unknown features {unknown}")
+        unknown = [n for n in self.natural_key if n not in self.columns]
+        if unknown:
+            raise ValueError(f"natural key names unknown columns {unknown}")
 
     @property
     def feature_names(self) -> tuple[str, ...]:

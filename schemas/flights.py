@@ -45,6 +45,7 @@ COLUMNS = {
     "arr_delay": Column(
         FLOAT, role=INTERNAL, outcome=True, description="arrival delay, minutes: the label's source", **_DELAY
     ),
+    "crs_dep_ts": Column(INT, role=INTERNAL, description="scheduled departure, UTC epoch seconds"),
     "dep_ts": Column(INT, role=INTERNAL, description="actual departure, UTC epoch seconds"),
     "wheels_off_ts": Column(INT, role=INTERNAL, required=False, description="wheels-off, UTC epoch s"),
     "arr_ts": Column(INT, role=INTERNAL, outcome=True, description="actual arrival, UTC epoch seconds"),
@@ -68,6 +69,7 @@ SCHEMA = DatasetSchema(
     },
     split_fractions=(0.6, 0.2, 0.2),
     key_columns=("fl_date", "carrier", "flight_number", "origin", "dest", "dep_time_local"),
+    natural_key=("carrier", "flight_number", "origin", "crs_dep_ts"),
 )
 
 # Lat/lon bucket count for the wide-and-deep crosses (DSG chapter 9 uses a handful per axis).

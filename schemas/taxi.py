@@ -81,6 +81,7 @@ SCHEMA = DatasetSchema(
     },
     split_fractions=(0.7, 0.15, 0.15),
     key_columns=("pickup_datetime", *LOCATION_FEATURES, "passenger_count"),
+    natural_key=("pickup_ts", "dropoff_ts", *LOCATION_FEATURES),
 )
 
 # Quantile buckets per coordinate axis for the location crosses (the course uses 16 a side).

@@ -39,7 +39,7 @@ def alone(layout: str, header: str, lines: list[str]) -> dict[int, object]:
 def in_chunk(layout: str, header: str, lines: list[str]) -> dict[int, object]:
     """index -> record, or (kind, reason), of each line parsed in one chunk."""
     verdicts = Verdicts(len(lines))
-    columns, rows = LAYOUTS[layout].make_block_parser(header)(lines, verdicts)
+    columns, rows, _ = LAYOUTS[layout].make_block_parser(header)(lines, verdicts)
     out = dict(zip(rows, pa.RecordBatch.from_pydict(columns).to_pylist(), strict=True))
     out.update({i: (kind, reason) for i, (kind, _, reason) in verdicts.failures.items()})
     assert sorted(out) == list(range(len(lines)))  # every line has an outcome
@@ -208,7 +208,7 @@ def test_parse_chunks_gives_what_parse_rows_gives_row_by_row(tmp_path):
                 want_dead.append((out.tag, out.value))
     key = lambda r: (r["_line"], r["dep_ts"])  # noqa: E731
     assert len(got_records) == 3
-    fields = [k for k in got_records[0] if k != "_id"]  # every column of the record model, missing ones None
+    fields = [k for k in got_records[0] if k not in ("_id", "_key")]  # every column of the record model, missing ones None
     assert [{k: r[k] for k in fields} for r in sorted(got_records, key=key)] == [
         {k: r.get(k) for k in fields} for r in sorted(want_records, key=key)]
     ids = {r["_id"] for r in got_records}

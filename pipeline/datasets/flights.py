@@ -39,11 +39,10 @@ from pipeline.datasets.airports import (
 )
 from pipeline.datasets.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select
 from pipeline.datasets.fields import MISSING, csv_fields, number
+from pipeline.records.dataset import Layout, split_unit
 from pipeline.records.model import may_fail
 from pipeline.records.verdicts import EXCLUDED, Exclude, Reject, Verdicts
-from pipeline.stages.read import Layout
-from pipeline.stages.split import split_unit
-from pipeline.stages.window import WindowFeature
+from pipeline.records.windows import WindowFeature
 from schemas import transformed_name
 from schemas.flights import (
     CATEGORICAL_FEATURES,
@@ -220,7 +219,8 @@ def _place(field: str, airports: dict):
 def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdicts: Verdicts, labelled: bool = True):
     """Raw columns of ``n`` rows (column name -> texts or :class:`Coded`; ``cols`` maps each canonical
     field to its column) -> (the canonical records of the rows no rule fails, as columns; their row
-    indices). The rows a rule fails get its reason in ``verdicts``, the first rule in this order:
+    indices; the events of all rows). The rows a rule fails get its reason in ``verdicts``, the
+    first rule in this order:
 
     cancelled and diverted flags (excluded); DEP_DELAY and ARR_DELAY numbers; a layout without
     flags: no departure delay is cancelled, a departure without an arrival delay diverted; the date;
@@ -228,7 +228,7 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
     arrival hhmm (of a flight that arrived); TAXI_OUT, DISTANCE numbers; the departure delay and
     (labelled) arrival delay present; DEP_TIME and ARR_TIME agreeing with schedule + delay (mod one
     day); the local times in UTC; the scheduled arrival within two days; then the schema's ranges
-    (stage "validate").
+    (stage "validate"). The events (:func:`_facts`) are those of every row, whatever its verdict.
 
     ``labelled=False`` (batch prediction) accepts a flight that has not arrived yet: its outcome
     columns (arrival delay, arrival time, label) are then missing.
@@ -275,10 +275,12 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
     with np.errstate(invalid="ignore"):  # rows already failed hold placeholders; they are never used
         dd = dep_delay.array(np.float64, np.nan)
         ad = arr_delay.array(np.float64, np.nan)
+        clock_ok = {}  # per clock: missing, or agreeing with schedule + delay (what an event needs)
         for clock_field, scheduled, delay, where in (("dep_time", crs_dep, dd, None), ("arr_time", crs_arr, ad, arrived)):
             clock = convert(field(clock_field), _hhmm(clock_field, missing_ok=True), v, where=where)
             expected = scheduled.array(np.int64, 0) + np.trunc(np.nan_to_num(delay)).astype(np.int64)
             wrong = clock.present() & ((clock.array(np.int64, 0) - expected) % _MINUTES_PER_DAY != 0)
+            clock_ok[clock_field] = ~wrong & (clock.present() | ~_bad(clock))
             v.fail(wrong if where is None else wrong & where,
                    lambda i, f=clock_field: f"{f}: {text(f, i)!r} disagrees with the scheduled time plus the delay")
         place = lambda a: ("", 0.0, 0.0, "UTC") if a is BAD else a  # noqa: E731
@@ -293,7 +295,9 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
         days = fl_date.map(lambda d: ("!",) * 4 if d is BAD else _nearby_days(d))
         arr_base = np.zeros(n, dtype=np.int64)
         got = np.zeros(n, dtype=bool)
-        found = ~(v.ok & arrived)
+        # Scheduled departures in UTC: those of rows a rule failed too, whose events still happened.
+        scheduled_ok = fl_date.present() & origin.present() & crs_dep.present() & converted
+        found = ~((v.ok & arrived) | (scheduled_ok & dest.present() & crs_arr.present()))
         arr_minutes = crs_arr.array(np.int64, 0)
         for k in range(4):
             todo = np.flatnonzero(~found)
@@ -315,6 +319,12 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
         has_taxi = ~np.isnan(taxi)
         wheels_off = dep_ts + np.round(np.where(has_taxi, taxi, 0.0) * 60).astype(np.int64)
     pred_ts = np.where(has_taxi, wheels_off, dep_ts)
+    departed = scheduled_ok & has_dep & clock_ok["dep_time"]
+    facts = _facts(n, carrier, flight_number, origin, dest, dep_delay, taxi_out, arr_delay, {
+        "crs_dep_ts": (crs_dep_ts, scheduled_ok), "dep_ts": (dep_ts, departed),
+        "wheels_off_ts": (wheels_off, departed & has_taxi),
+        "arr_ts": (arr_ts, departed & got & has_arr & clock_ok["arr_time"]),
+    })
     local_ok = v.ok.copy()
     dep_local = utc_to_local_string_many(dep_ts, dep_tz, local_ok)
     v.fail(~local_ok, lambda i: _error_of("fl_date", utc_to_local_string, int(dep_ts[i]), dep_tz.values[dep_tz.codes[i]]))
@@ -335,7 +345,7 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
         "arr_lat": packed(dest.map(lambda a: place(a)[1]), rows), "arr_lon": packed(dest.map(lambda a: place(a)[2]), rows),
         "dep_time_local": pa.array(select(dep_local, rows), type=pa.string()), "arr_delay": packed(arr_delay, rows),
         LABEL_KEY: numbers((ad < ONTIME_THRESHOLD_MINUTES).astype(np.int64), not_arrived),
-        "dep_ts": numbers(dep_ts), "wheels_off_ts": numbers(wheels_off, ~has_taxi),
+        "crs_dep_ts": numbers(crs_dep_ts), "dep_ts": numbers(dep_ts), "wheels_off_ts": numbers(wheels_off, ~has_taxi),
         "arr_ts": numbers(arr_ts, not_arrived), "pred_ts": numbers(pred_ts),
     }
     flagged = np.flatnonzero(may_fail(values, m, SCHEMA, labelled))
@@ -350,7 +360,29 @@ def canonical_flights(columns: dict, n: int, cols: dict, airports: dict, verdict
         keep = pa.array(np.flatnonzero(v.ok[rows]))
         values = {k: column.take(keep) for k, column in values.items()}
         rows = rows[keep.to_numpy()]
-    return values, rows.tolist()
+    return values, rows.tolist(), facts
+
+
+def _bad(column: Coded) -> np.ndarray:
+    """Per row: whether its value failed conversion."""
+    return np.array([value is BAD for value in column.values], dtype=bool)[column.codes]
+
+
+def _facts(n: int, carrier, flight_number, origin, dest, dep_delay, taxi_out, arr_delay, times: dict) -> dict:
+    """The events of all ``n`` rows, whatever their verdicts, as columns (see pipeline.records.windows):
+    the natural key, each event's time where the fields that event needs are valid (else missing)
+    and the value observed then. The values' own ranges are the schema's, applied by the parse stage."""
+    every = np.arange(n)
+    code = lambda a: None if a is BAD else a[0]  # noqa: E731 - an airport's IATA code
+    plain = lambda c: packed(c.map(lambda a: None if a is BAD else a), every)  # noqa: E731
+    out = {"carrier": plain(carrier), "flight_number": plain(flight_number),
+           "origin": packed(origin.map(code), every), "dest": packed(dest.map(code), every)}
+    for name, (ts, ok) in times.items():
+        out[name] = pa.array(ts, mask=~ok)
+    values = {"dep_delay": (dep_delay, "dep_ts"), "taxi_out": (taxi_out, "wheels_off_ts"), "arr_delay": (arr_delay, "arr_ts")}
+    for name, (column, event) in values.items():
+        out[name] = pa.array(column.array(np.float64, np.nan), mask=~times[event][1])
+    return out
 
 
 # ---------------------------------------------------------------- layouts
@@ -369,7 +401,7 @@ def _csv_block_parser(cols: dict, airports: dict, labelled: bool):
         width, wanted = _header_columns(header, cols)
         names, indices = [c for c, _ in wanted], [i for _, i in wanted]
 
-        def parse_block(lines: list[str], verdicts: Verdicts) -> tuple[dict, list[int]]:
+        def parse_block(lines: list[str], verdicts: Verdicts) -> tuple[dict, list[int], dict]:
             read = np.ones(len(lines), dtype=bool)
             columns = dict(zip(names, csv_columns(lines, width, indices, read), strict=True))
             verdicts.fail(~read, lambda i: _error_of("line", csv_fields, lines[i], width))
@@ -385,7 +417,7 @@ _JSON_COLS = {name: name for name in _BTS}  # JSON lines: each object's values, 
 
 def _json_block_parser(airports: dict, labelled: bool):
     def make(_header: str):
-        def parse_block(lines: list[str], verdicts: Verdicts) -> tuple[dict, list[int]]:
+        def parse_block(lines: list[str], verdicts: Verdicts) -> tuple[dict, list[int], dict]:
             texts: dict[str, list[str]] = {name: [] for name in _JSON_COLS}
             for i, line in enumerate(lines):
                 try:
@@ -415,7 +447,7 @@ def _one_line(make_block_parser):
 
         def parse(line: str) -> dict:
             verdicts = Verdicts(1)
-            columns, rows = parse_block([line], verdicts)
+            columns, rows, _ = parse_block([line], verdicts)
             if not rows:
                 kind, stage, reason = verdicts.failures[0]
                 raise Exclude(reason) if kind == EXCLUDED else Reject(reason, stage)

@@ -47,11 +47,9 @@ from zoneinfo import ZoneInfo
 
 from pipeline.datasets.airports import local_to_utc, utc_to_local_string
 from pipeline.datasets.fields import MISSING, csv_fields, number
-from pipeline.options import UsageError
+from pipeline.records.dataset import InputError, Layout, UsageError, split_unit
 from pipeline.records.verdicts import Reject
-from pipeline.stages.read import InputError, Layout
-from pipeline.stages.split import split_unit
-from pipeline.stages.window import WindowFeature
+from pipeline.records.windows import WindowFeature
 from schemas import transformed_name
 from schemas.taxi import (
     DAYS_PER_WEEK,
@@ -61,10 +59,11 @@ from schemas.taxi import (
     LOCATION_FEATURES,
     MAX_SPEED_MPH,
     MAX_TRIP_HOURS,
+    MIN_FARE,
     MISSING_INDICATORS,
     NUM_LATLON_BUCKETS,
     NUMERIC_FEATURES,
-    SCHEMA,  # noqa: F401 - the driver reads pipeline.datasets.taxi.SCHEMA
+    SCHEMA,
     TIMEZONE,
 )
 
@@ -218,7 +217,8 @@ def canonical_trip(
         "pickup_ts": pickup_ts,
         "dropoff_ts": dropoff_ts,
         "trip_distance": trip_distance,
-        "fare_per_mile": None if trip_distance is None else label / trip_distance,
+        # A fare below the flag drop is rejected (schema range): its fare per mile is no event value either.
+        "fare_per_mile": None if trip_distance is None or label < MIN_FARE else label / trip_distance,
         "payment_type": payment_type,
     }
 
@@ -255,6 +255,41 @@ def tlc_trip(row: dict, cols: dict) -> dict:
         tolls=tolls,
         payment_type=_payment(text["payment_type"]),
     )
+
+
+def _lenient(fn, *args):
+    """``fn(*args)``, or None where it fails: one field of a row that a rule rejected."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - the row's own reason comes from tlc_trip
+        return None
+
+
+def trip_facts(row: dict, cols: dict) -> dict:
+    """The events of a TLC row that is not a record (see pipeline.stages.parse.ParseChunks): the
+    trip's end where its pickup and dropoff are valid (dropoff after pickup, at most MAX_TRIP_HOURS
+    later), its fare per mile where fare, tolls and distance are valid too (the label in its range,
+    the speed at most MAX_SPEED_MPH), and its natural key, each field read on its own."""
+    text = {field: _cell(row, col) for field, col in cols.items()}
+    facts = {f: _lenient(number, text[f], f) for f in LOCATION_FEATURES}
+    pickup = _lenient(_to_utc, text["pickup_datetime"], "pickup_datetime")
+    dropoff = _lenient(_to_utc, text["dropoff_datetime"], "dropoff_datetime")
+    if pickup is None or dropoff is None:
+        return facts
+    pickup_ts, (dropoff_ts, dropoff_local) = pickup[0], dropoff
+    if dropoff_ts <= pickup_ts:  # the repeated fall-back hour, as tlc_trip reads it
+        dropoff_ts = max(dropoff_ts, new_york_to_utc(dropoff_local, fold=1))
+    hours = (dropoff_ts - pickup_ts) / 3600.0
+    if not 0 < hours <= MAX_TRIP_HOURS:
+        return facts
+    facts.update(pickup_ts=pickup_ts, dropoff_ts=dropoff_ts)
+    fare, tolls, distance = (_lenient(number, text[f], f) for f in ("fare_amount", "tolls_amount", "trip_distance"))
+    if None in (fare, tolls, distance) or fare < 0 or tolls < 0 or distance <= 0 or distance / hours > MAX_SPEED_MPH:
+        return facts
+    label = round(fare + tolls, 2)
+    if SCHEMA.columns[LABEL_KEY].check(LABEL_KEY, label) is None:
+        facts["fare_per_mile"] = label / distance
+    return facts
 
 
 def course_trip(values: list[str]) -> dict:
@@ -329,8 +364,12 @@ def _tlc_parser(cols: dict):
         width = len(names)
 
         def parse(line: str) -> dict:
-            values = csv_fields(line, width)
-            return tlc_trip(dict(zip(names, values, strict=True)), cols)
+            row = dict(zip(names, csv_fields(line, width), strict=True))
+            try:
+                return tlc_trip(row, cols)
+            except Reject as e:  # the trip still ended: its valid fields are events for the others' windows
+                e.facts = trip_facts(row, cols)
+                raise
 
         return parse
 

@@ -2,7 +2,8 @@
 
 Every batch of a dataset has every column of :func:`arrow_schema`, in its order: numbers as
 float64 or int64, texts dictionary-encoded (``dictionary<int32, string>``), a missing value as
-null (validity, never a sentinel), the record id as 12 fixed-size bytes, and where the record came
+null (validity, never a sentinel), the record id and the natural key's fingerprint as 12 fixed-size
+bytes each, and where the record came
 from (``_source``) and its raw text (``_line``, for the dead letter of a duplicate). A stage reads
 columns as numpy arrays (:func:`numbers`, :func:`codes`) and builds new batches; it never mutates one.
 """
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 ID = "_id"
+KEY = "_key"  # the fingerprint of the record's natural key (schemas' ``natural_key``)
 SOURCE = "_source"
 LINE = "_line"
 ID_BYTES = 12
@@ -27,9 +29,9 @@ _TYPES = {"float": pa.float64(), "int": pa.int64(), "string": TEXT}
 
 def arrow_schema(schema) -> pa.Schema:
     """The record batches' schema of ``schema`` (a ``schemas.DatasetSchema``): its columns, then
-    the id, the source file and the raw line."""
+    the id, the natural key's fingerprint, the source file and the raw line."""
     fields = [pa.field(name, _TYPES[column.dtype]) for name, column in schema.columns.items()]
-    return pa.schema([*fields, pa.field(ID, ID_TYPE), pa.field(SOURCE, TEXT), pa.field(LINE, pa.string())])
+    return pa.schema([*fields, pa.field(ID, ID_TYPE), pa.field(KEY, ID_TYPE), pa.field(SOURCE, TEXT), pa.field(LINE, pa.string())])
 
 
 def array(values, type_: pa.DataType) -> pa.Array:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipeline.records import coder  # noqa: F401 - registers the coder of record batches
 from pipeline.records.verdicts import EXCLUDED, REJECTED, to_json_line
 from pipeline.stages import manifest
-from pipeline.stages.parse import ParseChunks
+from pipeline.stages.parse import EVENTS, ParseChunks
 from pipeline.stages.read import LINES, READ, ReadRawLines, parser_factory
 from pipeline.stages.window import WindowRecords
 
@@ -43,11 +43,12 @@ class CleanAndWindow(beam.PTransform):
         schema = self._dataset.SCHEMA
         read = pbegin | "ReadRawLines" >> ReadRawLines(self._plan, self._layouts)
         lines = read[LINES]
+        features = self._dataset.WINDOW_FEATURES
         parsed = lines | "ParseAndValidate" >> beam.ParDo(
-            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled)
-        ).with_output_types(pa.RecordBatch).with_outputs(REJECTED, EXCLUDED, main=RECORDS)
-        windowed = parsed[RECORDS] | "DeduplicateAndAddWindowFeatures" >> WindowRecords(
-            self._dataset.WINDOW_FEATURES, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
+            ParseChunks(parser_factory(self._plan, self._layouts), schema, self._labelled, features)
+        ).with_output_types(pa.RecordBatch).with_outputs(REJECTED, EXCLUDED, EVENTS, main=RECORDS)
+        windowed = {RECORDS: parsed[RECORDS], EVENTS: parsed[EVENTS]} | "DeduplicateAndAddWindowFeatures" >> WindowRecords(
+            features, self._window_s, self._dataset.WINDOW_BUCKET_SECONDS
         )
         rejected = (parsed[REJECTED], windowed[REJECTED]) | "FlattenRejected" >> beam.Flatten()
         return {READ: read[READ], LINES: lines, RECORDS: windowed[RECORDS], PARSED: parsed[RECORDS], REJECTED: rejected,

@@ -13,12 +13,13 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.records.dataset import InputError, Layout
 from pipeline.records.verdicts import Reject
 
 logger = logging.getLogger(__name__)
@@ -27,35 +28,11 @@ BOM = "\ufeff"
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
-    """One published file layout of a dataset.
-
-    ``detect(first_line)`` says whether a file's first line is this layout's header (or, for a
-    headerless layout, looks like its first record). ``make_parser(header)`` returns the function
-    turning one decoded line into a canonical record.
-    """
-
-    name: str
-    has_header: bool
-    detect: Callable[[str], bool]
-    make_parser: Callable[[str], Callable[[str], dict]]
-    description: str = ""
-    # Optional: ``make_block_parser(header)`` returns a function taking a chunk of decoded lines and its
-    # Verdicts and giving (columns, indices): the records of the lines at those indices, as columns;
-    # every other line gets its reason in the Verdicts (see pipeline.datasets.columnar).
-    make_block_parser: Callable[[str], Callable[..., tuple[dict, list[int]]]] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class InputFile:
     path: str
     layout: str
     header: str  # the file's first line ("" for headerless layouts)
     size: int = 0  # bytes; 0 when unknown (the file is then read whole, by one worker)
-
-
-class InputError(ValueError):
-    """An input that cannot be read as any known layout; the message says what to do."""
 
 
 def expand(patterns: str | Sequence[str]) -> list[tuple[str, int]]:
@@ -317,7 +294,7 @@ class _ParserFactory:
         parse = make(spec.header)
         header = spec.header
 
-        def parse_block(texts: list[str], verdicts) -> tuple[dict, list[int]]:
+        def parse_block(texts: list[str], verdicts) -> tuple[dict, list[int], dict | None]:
             if header:
                 verdicts.fail(np.array([text == header for text in texts], dtype=bool), "line: repeated header line")
             return parse(texts, verdicts)

@@ -60,17 +60,6 @@ def choose_unit(units: Sequence[str], split_by: str, n_coarse_keys: int) -> str:
     return units[1]
 
 
-def split_unit(field: str):
-    """Marks a split-unit function (record -> key) as reading only ``field``: its keys are then
-    computed once per distinct value of that column, not once per record."""
-
-    def mark(fn):
-        fn.field = field
-        return fn
-
-    return mark
-
-
 def unit_keys(unit, batch: pa.RecordBatch) -> list:
     """``unit``'s key for every record of ``batch``."""
     field = getattr(unit, "field", None)
