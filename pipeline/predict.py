@@ -8,9 +8,9 @@ and gs:// paths (the model directory included).
 
 Every input record gets one line in ``PRED/predictions-*.jsonl`` (its key fields and the model's outputs) or,
 like in preprocessing, a line in ``PRED/rejected/`` or ``PRED/excluded/`` with its reason; the manifest
-reconciles the counts. Records need not be labelled: a flight still in the air is predicted. For flights
-the windowed averages come from the other records of the same input, the only honest source of them
-without a feature store: an online caller must send them itself (see README, "Serving").
+reconciles the counts. Records need not be labelled: a flight still in the air is predicted. The windowed
+averages come from the events of the same input (every row's, as in preprocessing); online, the server
+fills them from its window store (see README, "Windowed features online").
 """
 
 from __future__ import annotations

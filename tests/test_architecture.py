@@ -1,4 +1,4 @@
-"""The module rules of ARCHITECTURE.md, checked: the trainer never imports pipeline/; schemas/ imports
+"""The module rules of ARCHITECTURE.md, checked: the trainer imports only pipeline's Beam-free core; schemas/ imports
 nothing of ours; no import cycles; our modules import each other at the top, and no code of ours
 reaches for a private name of Beam, tensorflow-transform, tfx-bsl or TensorFlow."""
 
@@ -48,10 +48,22 @@ def _imports(tree: ast.Module, ours: set[str]):
                 yield name, id(node) in top
 
 
-def test_trainer_never_imports_the_pipeline():
-    modules = _imported_after("import trainer.task, trainer.serve, trainer.vertex, trainer.export, trainer.data, trainer.model")
-    assert "trainer.task" in modules
-    assert not {m for m in modules if m.split(".")[0] == "pipeline"}
+BEAM_FREE_CORE = ("pipeline.records", "pipeline.datasets", "pipeline.online")  # what the trainer and server may use
+
+
+def test_the_trainer_uses_only_the_beam_free_core_of_the_pipeline():
+    """The server fills windowed features with the pipeline's own layouts, events and window code, and
+    never needs Beam for it: the trainer imports only pipeline's Beam-free core, and Beam is not loaded."""
+    code = "import trainer.task, trainer.serve, trainer.vertex, trainer.export, trainer.data, trainer.model"
+    modules = _imported_after(code)
+    assert "trainer.task" in modules and "pipeline.online.windows" in modules
+    outside = {m for m in modules if m.split(".")[0] == "pipeline" and m != "pipeline"
+               and not m.startswith(BEAM_FREE_CORE)}
+    assert outside == set()
+    assert "pipeline.datasets.features" not in modules  # TensorFlow helpers of the preprocessing_fn
+    probe = f"import sys; {code}; print('apache_beam' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "False"
 
 
 def test_schemas_import_nothing_of_ours():
@@ -103,13 +115,15 @@ def test_no_import_cycles_and_our_modules_are_imported_at_the_top():
 
 def test_the_pipeline_folders_depend_in_one_direction():
     """records/ (the model) imports no stage or dataset; stages/ import no dataset (a dataset plugs its
-    layouts, rules and features into the stages, through the registry in pipeline.preprocess)."""
+    layouts, rules and features into the stages, through the registry in pipeline.preprocess); the
+    Beam-free core (records/, datasets/, online/) imports no stage."""
     modules = _modules()
     ours = set(modules)
     assert {"pipeline.records.model", "pipeline.stages.window", "pipeline.datasets.flights"} <= ours  # subpackages read
     wrong = sorted(f"{name} imports {m}" for name, tree in modules.items() for m, _ in _imports(tree, ours)
                    if (name.startswith("pipeline.records") and m.startswith(("pipeline.stages", "pipeline.datasets")))
-                   or (name.startswith("pipeline.stages") and m.startswith("pipeline.datasets")))
+                   or (name.startswith("pipeline.stages") and m.startswith("pipeline.datasets"))
+                   or (name.startswith(BEAM_FREE_CORE) and m.startswith(("pipeline.stages", "pipeline.preprocess"))))
     assert wrong == []
 
 

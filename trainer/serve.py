@@ -7,6 +7,14 @@
                                      {"signature_name": "serving_tf_example", "instances": [{"b64": "..."}]}
     GET  /v1/models/<name>            model status
     GET  /v1/models/<name>/metadata   signatures, inputs and outputs
+    POST /v1/models/<name>/events     {"records": [raw line, ...], "layout": ..., "header": ...} or {"events": [...]}
+    GET  /v1/models/<name>/windows    the window store: events received, stored, duplicates, late, rejected
+
+With a window store (``--window_store memory``, the default for a dataset with windowed features),
+``serving_default`` row-format requests get the windowed features an instance leaves out filled from
+the events posted before its prediction time, by the pipeline's own code (pipeline.online); the
+response adds ``windows``, per instance: the names filled, their values, the store's watermark and
+whether the windows may be incomplete.
 
 The request bodies are those of TensorFlow Serving and Vertex AI, so clients move there unchanged.
 Bad requests (malformed JSON, a missing required feature, a wrong type, an unknown field, too many
@@ -36,6 +44,8 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from pipeline.online.windows import DATASETS as WINDOWED_DATASETS  # noqa: E402
+from pipeline.online.windows import BadEvents, OnlineWindows  # noqa: E402
 from schemas import get_schema  # noqa: E402
 from trainer.config import configure_logging  # noqa: E402
 
@@ -300,7 +310,9 @@ class Batcher:
 
 
 # ------------------------------------------------------------------ app
-def create_app(model: LoadedModel, model_name: str):
+def create_app(model: LoadedModel, model_name: str, windows: OnlineWindows | None = None):
+    """The app; with ``windows``, predict fills the windowed features from its store, and
+    ``POST .../events`` feeds it, ``GET .../windows`` reports on it."""
     batchers = {sig: Batcher(model, sig) for sig in model.inputs}
 
     def error(status: int, message: str) -> JSONResponse:
@@ -348,6 +360,14 @@ def create_app(model: LoadedModel, model_name: str):
         signature = body.get("signature_name", DEFAULT_SIGNATURE) if isinstance(body, dict) else DEFAULT_SIGNATURE
         if signature not in model.inputs:
             return error(400, f"unknown signature_name {signature!r}; available: {sorted(model.inputs)}")
+        filled = None
+        if windows is not None and signature == DEFAULT_SIGNATURE and isinstance(body.get("instances"), list):
+            try:  # the client's own input is judged first, as it came
+                parse_request({**body, "instances": windows.without_context(body["instances"])}, model.inputs[signature])
+                instances, filled = windows.fill(body["instances"])
+            except (BadRequest, BadEvents) as e:
+                return error(400, str(e))
+            body = {**body, "instances": instances}
         try:
             columns, n, row_format = parse_request(body, model.inputs[signature])
         except BadRequest as e:
@@ -357,7 +377,44 @@ def create_app(model: LoadedModel, model_name: str):
         except Exception as e:  # noqa: BLE001 - e.g. an unparseable tf.Example: the client's input, a 400
             return error(400, f"the model rejected the input: {_model_error(e)}")
         request.state.rows = n
-        return JSONResponse(format_response(outputs, n, row_format))
+        response = format_response(outputs, n, row_format)
+        if filled is not None:
+            response["windows"] = filled
+        return JSONResponse(response)
+
+    async def read_json(request: Request):
+        """The request's JSON body, or an error response."""
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                return None, error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            return json.loads(raw), None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return None, error(400, f"malformed JSON: {e}")
+
+    async def events(request: Request):
+        if (resp := check_name(request)) is not None:
+            return resp
+        if windows is None:
+            return error(404, "this server keeps no window store (its model has no windowed features)")
+        body, resp = await read_json(request)
+        if resp is not None:
+            return resp
+        try:
+            result = windows.ingest(body)
+        except BadEvents as e:
+            return error(400, str(e))
+        request.state.rows = result["rows"]
+        return JSONResponse(result)
+
+    async def window_status(request: Request):
+        if (resp := check_name(request)) is not None:
+            return resp
+        if windows is None:
+            return error(404, "this server keeps no window store (its model has no windowed features)")
+        return JSONResponse(windows.status())
 
     def logged(handler):
         async def wrapper(request: Request):
@@ -374,6 +431,8 @@ def create_app(model: LoadedModel, model_name: str):
         Route("/v1/models/{name}", logged(status), methods=["GET"]),
         Route("/v1/models/{name}/metadata", logged(metadata), methods=["GET"]),
         Route("/v1/models/{name}:predict", logged(predict), methods=["POST"]),
+        Route("/v1/models/{name}/events", logged(events), methods=["POST"]),
+        Route("/v1/models/{name}/windows", logged(window_status), methods=["GET"]),
     ])
 
 
@@ -383,6 +442,13 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--model_name", help="the <name> in /v1/models/<name> (default: the dataset, else 'model')")
+    parser.add_argument("--window_store", default="memory",
+                        help="where the windowed features' events are kept: 'memory' (this process), or 'none' to "
+                             "leave the windowed features to the caller")
+    parser.add_argument("--window_minutes", type=int,
+                        help="the windows' length (default: the preprocessing run's, from the model, else 60)")
+    parser.add_argument("--freshness_tolerance_seconds", type=int, default=300,
+                        help="an instance whose prediction time is this far past the latest event is flagged incomplete")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: its C++ INFO notes off, unless set
     configure_logging()
@@ -391,8 +457,17 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         parser.error(f"--model_dir {e}")
     name = args.model_name or model.info.get("dataset") or "model"
+    windows = None
+    if args.window_store not in ("memory", "none"):
+        parser.error(f"--window_store {args.window_store!r}: 'memory' or 'none'")
+    dataset = model.info.get("dataset")
+    if args.window_store == "memory" and dataset in WINDOWED_DATASETS:
+        minutes = args.window_minutes or model.info.get("window_minutes") or 60
+        windows = OnlineWindows(dataset, minutes * 60, tolerance_s=args.freshness_tolerance_seconds)
+        logger.info("windowed features filled from a %d-minute in-memory window store; events to POST %s",
+                    minutes, f"/v1/models/{name}/events")
     logger.info("serving %s as %r on http://%s:%d/v1/models/%s", model.export_dir, name, args.host, args.port, name)
-    uvicorn.run(create_app(model, name), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(create_app(model, name, windows), host=args.host, port=args.port, log_level="warning",
                 limit_concurrency=256, timeout_keep_alive=5)
     return 0
 

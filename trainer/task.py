@@ -268,7 +268,8 @@ def train_and_export(config: TrainConfig, cluster: Cluster, strategy: tf.distrib
     export_dir = export.new_export_dir(os.path.join(config.job_dir, "export"))
     skew_split = next((s for s in ("test", "valid", "train") if rows.get(s, 1) > 0), "test")
     skew = export_and_check_skew(
-        config, cluster, model, tf_transform_output, selection, schema, export_dir, skew_split, dataset(skew_split)
+        config, cluster, model, tf_transform_output, selection, schema, export_dir, skew_split, dataset(skew_split),
+        manifest.get("options", {}).get("window_minutes"),
     )
     stopper = next(c for c in callbacks if isinstance(c, tf_keras.callbacks.EarlyStopping))
 
@@ -310,12 +311,13 @@ def train_and_export(config: TrainConfig, cluster: Cluster, strategy: tf.distrib
 
 
 def export_and_check_skew(
-    config, cluster, model, tf_transform_output, selection, schema, export_dir, split, transformed
+    config, cluster, model, tf_transform_output, selection, schema, export_dir, split, transformed, window_minutes=None
 ) -> dict:
     """Exports (non-chief workers to a temporary directory) and compares the export on raw/``split``
     with the in-memory model on the ``transformed`` dataset of the same split."""
     write_export = cluster.write_dir(export_dir)
-    export.save(model, tf_transform_output, selection.feature_names, schema.task, schema.label, write_export)
+    info = {"dataset": schema.name, "window_minutes": window_minutes}
+    export.save(model, tf_transform_output, selection.feature_names, schema.task, schema.label, write_export, info)
     in_memory = export.in_memory_predictions(model, transformed, schema.task)
     exported = export.exported_predictions(
         write_export, data.split_pattern(config.data_dir, split, raw=True), schema.task, config.batch_size

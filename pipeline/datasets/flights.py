@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import tempfile
 import zipfile
@@ -40,9 +41,10 @@ from pipeline.datasets.airports import (
 from pipeline.datasets.columnar import BAD, Coded, combine, convert, csv_columns, encode, packed, select
 from pipeline.datasets.fields import MISSING, csv_fields, number
 from pipeline.records.dataset import Layout, split_unit
+from pipeline.records.ids import fingerprint
 from pipeline.records.model import may_fail
 from pipeline.records.verdicts import EXCLUDED, Exclude, Reject, Verdicts
-from pipeline.records.windows import WindowFeature
+from pipeline.records.windows import Query, WindowFeature
 from schemas import transformed_name
 from schemas.flights import (
     CATEGORICAL_FEATURES,
@@ -520,6 +522,41 @@ WINDOW_FEATURES = (
     WindowFeature("avg_arr_delay", key="dest", event_time="arr_ts", query_time="pred_ts", value="arr_delay"),
 )
 WINDOW_BUCKET_SECONDS = 86400  # UTC-day groups (all airports, told apart inside), the previous day's last hour as context
+
+
+# Online (pipeline.online): what an instance may carry beside the model's inputs, and its query.
+ONLINE_CONTEXT = ("flight_number",)
+
+
+def online_query(instance: dict, airports: dict) -> Query:
+    """An instance's window query, derived as preprocessing derives it from a record: the departure
+    is dep_time_local at the origin in UTC (whole minutes, as BTS delays are), the prediction time
+    its wheels-off (+ taxi_out) where taxi_out is given, the natural key carrier, flight_number,
+    origin and the scheduled departure (departure - dep_delay). Without flight_number the flight's
+    own departure cannot be told apart: the caller must send it, or the windowed features."""
+    origin, local = instance.get("origin"), instance.get("dep_time_local")
+    found = airports.get(origin) if isinstance(origin, str) else None
+    if found is None or found[2] is None:
+        raise ValueError(f"origin: unknown airport {origin!r}")
+    if not isinstance(local, str) or len(local) != 16:
+        raise ValueError(f"dep_time_local: not 'YYYY-MM-DD HH:MM' {local!r}")
+    try:
+        minutes = parse_hhmm(local[11:13] + local[14:16], "dep_time_local")
+        dep_ts = local_to_utc(_fl_date(local[:10]), minutes, found[2])
+    except Reject as e:
+        raise ValueError(str(e)) from None
+    delay, taxi = instance.get("dep_delay"), instance.get("taxi_out")
+    if not isinstance(delay, int | float) or not math.isfinite(delay):
+        raise ValueError(f"dep_delay: not a number {delay!r}")
+    has_taxi = isinstance(taxi, int | float) and math.isfinite(taxi)
+    pred_ts = dep_ts + round(taxi * 60) if has_taxi else dep_ts
+    number_ = instance.get("flight_number")
+    own = None
+    if number_ is not None:
+        natural = {"carrier": instance.get("carrier"), "flight_number": str(number_), "origin": origin,
+                   "crs_dep_ts": dep_ts - round(delay * 60)}
+        own = fingerprint(natural, SCHEMA.natural_key)
+    return Query(int(pred_ts), own, {"origin": origin, "dest": instance.get("dest")})
 
 
 @split_unit("fl_date")

@@ -49,7 +49,7 @@ from pipeline.datasets.airports import local_to_utc, utc_to_local_string
 from pipeline.datasets.fields import MISSING, csv_fields, number
 from pipeline.records.dataset import InputError, Layout, UsageError, split_unit
 from pipeline.records.verdicts import Reject
-from pipeline.records.windows import WindowFeature
+from pipeline.records.windows import Query, WindowFeature
 from schemas import transformed_name
 from schemas.taxi import (
     DAYS_PER_WEEK,
@@ -464,6 +464,25 @@ WINDOW_FEATURES = (
     ),
 )
 WINDOW_BUCKET_SECONDS = 3600  # (all NYC, UTC hour) groups, the previous hour's events as context
+
+
+# Online (pipeline.online): what an instance may carry beside the model's inputs, and its query.
+ONLINE_CONTEXT = ("pickup_time",)
+
+
+def online_query(instance: dict, airports=None) -> Query:
+    """An instance's window query: the prediction time is the pickup in UTC, read as preprocessing
+    reads a TLC date-time, from ``pickup_time`` (the record's own text, to the second) where given,
+    else from pickup_datetime (to the minute). Its own trip has not ended: nothing to leave out."""
+    del airports
+    text = instance.get("pickup_time", instance.get("pickup_datetime"))
+    if not isinstance(text, str):
+        raise ValueError(f"pickup_time: not a date-time {text!r}")
+    try:
+        pickup_ts, _ = _to_utc(text.strip(), "pickup_time")
+    except Reject as e:
+        raise ValueError(str(e)) from None
+    return Query(int(pickup_ts), None, {})
 
 
 @split_unit("pickup_ts")

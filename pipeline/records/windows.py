@@ -59,6 +59,16 @@ def event_groups(features: Sequence[WindowFeature]) -> list[EventGroup]:
     return [EventGroup(key, event_time, tuple(fs)) for (key, event_time), fs in by_group.items()]
 
 
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A prediction time (UTC epoch seconds), the record's natural-key fingerprint (None: nothing
+    to leave out) and its key values (column -> value, e.g. {"origin": "JFK", "dest": "SFO"})."""
+
+    time: int
+    own_key: bytes | None
+    keys: dict
+
+
 def fact_columns(features: Sequence[WindowFeature], natural_key: Sequence[str]) -> tuple[str, ...]:
     """The columns an event batch carries: the natural key, then each feature's key, event time and value."""
     names = list(natural_key)
@@ -138,3 +148,17 @@ def window_stats(event_t, event_id, event_values, query_t, query_id, window_s, e
     counts[qi] -= present[ei]
     n_events[qi] -= 1
     return sums, counts, n_events
+
+
+def feature_values(features: Sequence[WindowFeature], sums, counts, n_events) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`window_stats`' results -> per feature (values, missing): a count is never missing, a
+    mean of an empty window is."""
+    out = {}
+    for k, f in enumerate(features):
+        if f.statistic == "count":
+            out[f.name] = (np.asarray(n_events, dtype=np.int64), np.zeros(len(n_events), dtype=bool))
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = sums[:, k] / counts[:, k]
+            out[f.name] = (np.where(counts[:, k] == 0, 0.0, mean), counts[:, k] == 0)
+    return out

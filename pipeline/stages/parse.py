@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.records import model
+from pipeline.records.events import Events, valid_fields
 from pipeline.records.ids import fingerprints
 from pipeline.records.model import ID, KEY, LINE, SOURCE
 from pipeline.records.verdicts import EXCLUDED, REJECTED, Exclude, Reject, Verdicts, dead_letter
-from pipeline.records.windows import fact_columns
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ class ParseRows(beam.DoFn):
             return
         reason = self._schema.check(record, self._labelled)
         if reason:
-            # Rejected for a range: the events its valid fields hold still happened.
-            columns = self._schema.columns
-            yield _Facts({k: v for k, v in record.items() if k not in columns or columns[k].check(k, v) is None})
+            yield _Facts(valid_fields(record, self._schema))  # rejected for a range: its valid fields' events happened
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letter("validate", reason, source, line))
             return
         record[SOURCE] = source
@@ -107,8 +105,7 @@ class ParseChunks(ParseRows):
     the windowing stage, where copies meet, de-duplicates), and ``_key``, the fingerprint of its
     natural key. The events are facts: those of every row the layout could read, record or not (a
     diverted flight's departure, a row rejected for an unrelated field), each where the fields it
-    needs are valid (:func:`pipeline.records.windows.fact_columns`; a value outside its schema range
-    is missing). Where the layout has a block parser (see ``pipeline.datasets.columnar``), it takes
+    needs are valid (:class:`pipeline.records.events.Events`). Where the layout has a block parser (see ``pipeline.datasets.columnar``), it takes
     the chunk column by column and hands back to the row parser only the lines it does not judge
     (not UTF-8, empty).
     """
@@ -122,10 +119,7 @@ class ParseChunks(ParseRows):
         self._block_rows = beam.metrics.Metrics.counter("parse", "block_rows")
         self._events_counter = beam.metrics.Metrics.counter("parse", EVENTS)
         self._windowed = bool(window_features)
-        names = fact_columns(window_features, self._natural_key)
-        self._events_schema = pa.schema([self._arrow_schema.field(c) for c in names] + [self._arrow_schema.field(KEY)])
-        self._event_times = tuple(dict.fromkeys(f.event_time for f in window_features))
-        self._event_values = tuple(dict.fromkeys(f.value for f in window_features if f.value))
+        self._event_batches = Events(schema, window_features)
 
     def process(self, element):
         yield from self.outputs_of(self.parse_chunk(element))
@@ -179,39 +173,8 @@ class ParseChunks(ParseRows):
         return model.replace(batch, {ID: ids, KEY: keys})
 
     def _events(self, block_facts: dict | None, records: pa.RecordBatch | None, facts: list) -> pa.RecordBatch | None:
-        """The chunk's events: of the block parser's rows, of the row parser's records and of the rows
-        it failed; a value outside its schema range missing; rows without any event left out."""
-        names = [f.name for f in self._events_schema][:-1]
-        parts = []
-        if block_facts is not None:
-            n = len(next(iter(block_facts.values())))
-            parts.append(model.batch(block_facts, n, self._events_schema))
-        if records is not None:
-            parts.append(model.batch({c: records.column(c) for c in names}, records.num_rows, self._events_schema))
-        if facts:
-            parts.append(model.from_records(facts, self._events_schema))
-        events = model.concat(parts, self._events_schema)
-        if not events.num_rows:
-            return None
-        happened = np.zeros(events.num_rows, dtype=bool)
-        for name in self._event_times:
-            happened |= model.valid(events.column(name))
-        if not happened.any():
-            return None
-        events = model.take(events, np.flatnonzero(happened))
-        columns = {KEY: fingerprints(events, self._natural_key)} if self._natural_key else {}
-        for name in self._event_values:
-            column = self._schema.columns[name]
-            x = model.numbers(events.column(name))
-            with np.errstate(invalid="ignore"):
-                bad = ~np.isfinite(x)
-                if column.min_value is not None:
-                    bad |= x < column.min_value
-                if column.max_value is not None:
-                    bad |= x > column.max_value
-            if bad.any():
-                columns[name] = pa.array(np.where(bad, 0.0, x), mask=bad)
-        return model.replace(events, columns) if columns else events
+        """The chunk's events: of the block parser's rows, of the row parser's records and of the rows it failed."""
+        return self._event_batches.batch([p for p in (block_facts, records) if p is not None] + [facts])
 
     def _parse_block(self, source: str, lines) -> tuple[pa.RecordBatch | None, set, list, dict | None]:
         """The batch of the records the layout's block parser gave, the indices in ``lines`` of the

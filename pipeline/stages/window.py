@@ -39,7 +39,14 @@ from pipeline.records import (
 )
 from pipeline.records.model import ID, KEY, LINE, SOURCE
 from pipeline.records.verdicts import REJECTED, dead_letter
-from pipeline.records.windows import EventGroup, WindowFeature, event_groups, first_per_key, window_stats
+from pipeline.records.windows import (
+    EventGroup,
+    WindowFeature,
+    event_groups,
+    feature_values,
+    first_per_key,
+    window_stats,
+)
 
 RECORDS = "records"
 EVENTS = "events"
@@ -217,20 +224,12 @@ class _AddWindowFeatures(beam.DoFn):
             te, e_id, values, _times(query_times)[queries], q_id[queries], self._window, e_key, q_key[queries]
         )
         out = {}
-        missing = np.ones(n, dtype=bool)
-        missing[queries] = False
-        for k, f in enumerate(group.features):
-            if f.statistic == "count":
-                full = np.zeros(n, dtype=np.int64)
-                full[queries] = n_events
-                out[f.name] = pa.array(full, mask=missing)
-            else:
-                full = np.zeros(n)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    full[queries] = sums[:, k] / counts[:, k]
-                empty = missing.copy()
-                empty[queries] = counts[:, k] == 0
-                out[f.name] = pa.array(full, mask=empty)
+        for name, (value, empty) in feature_values(group.features, sums, counts, n_events).items():
+            full = np.zeros(n, dtype=value.dtype)
+            full[queries] = value
+            missing = np.ones(n, dtype=bool)
+            missing[queries] = empty
+            out[name] = pa.array(full, mask=missing)
         return out
 
 

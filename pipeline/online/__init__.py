@@ -1,0 +1,1 @@
+"""Windowed features online, without Beam: the window store the server, replay and the streaming job share."""
