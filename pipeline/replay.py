@@ -1,7 +1,7 @@
 """Replay: the consistency check a user runs between batch and online windowed features.
 
     python -m pipeline.replay --model_dir MODEL --input RAW --output_dir OUT [--dataset flights]
-        [--server http://127.0.0.1:8501] [--window_minutes 60]
+        [--server http://127.0.0.1:8501 | --window_store redis://HOST:PORT/DB] [--window_minutes 60]
 
 The raw records' events (the parse stage's own, :class:`pipeline.records.events.Events`) are replayed
 in event-time order into a window store, in this process (:mod:`pipeline.online`) or a running
@@ -29,12 +29,13 @@ import os
 import sys
 import tempfile
 import urllib.request
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline.online.windows import DATASETS, OnlineWindows
+from pipeline.online.windows import DATASETS, OnlineWindows, open_store
 from pipeline.records import model
 from pipeline.records.windows import event_groups
 from pipeline.stages.clean import RECORDS, CleanAndWindow
@@ -144,12 +145,14 @@ def _close(a, b) -> bool:
 
 
 def replay(dataset_name: str, input_pattern: str, output_dir: str, window_s: int, loaded=None,
-           server: str | None = None, model_name: str | None = None, input_format: str | None = None) -> dict:
+           server: str | None = None, model_name: str | None = None, input_format: str | None = None,
+           window_store: str = "memory") -> dict:
     """Runs the replay (see the module docstring); returns the report. ``loaded``: the model
     (trainer.serve.LoadedModel) whose predictions are compared, or None."""
     module = DATASETS[dataset_name]
     schema = module.SCHEMA
-    online = OnlineWindows(dataset_name, window_s)
+    store = open_store(window_store, module.WINDOW_FEATURES, window_s, prefix=f"replay:{uuid.uuid4().hex}")
+    online = OnlineWindows(dataset_name, window_s, store)
     plan = plan_inputs(input_pattern, online.layouts, input_format)
     os.makedirs(output_dir, exist_ok=True)
     query_time = online.features[0].query_time
@@ -200,10 +203,12 @@ def replay(dataset_name: str, input_pattern: str, output_dir: str, window_s: int
     equal = sum(1 for r in results if "batch_prediction" in r and _close(r["prediction"], r["batch_prediction"]))
     mismatches = [r for r, ok in zip(results, same, strict=True) if not ok][:5]
     report = {"dataset": dataset_name, "input": input_pattern, "window_seconds": window_s,
-              "store": server or "memory (in process)", "labelled_records": len(results),
+              "store": server or window_store, "labelled_records": len(results),
               "features_identical": identical, "predictions_compared": sum("batch_prediction" in r for r in results),
               "predictions_equal": equal, "prediction_tolerance": PREDICTION_TOLERANCE,
               "store_status": None if target else online.status(), "mismatches": mismatches}
+    if hasattr(store, "clear"):
+        store.clear()  # a replay's own keys in a shared store
     with open(os.path.join(output_dir, "replay.jsonl"), "w") as f:
         for r in results:
             f.write(json.dumps({k: r[k] for k in ("instance", "filled", "batch", "prediction")}) + "\n")
@@ -221,6 +226,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input_format", help="force one layout for every input file")
     parser.add_argument("--window_minutes", type=int, help="default: the model's preprocessing run's, else 60")
     parser.add_argument("--server", help="a running trainer.serve (http://HOST:PORT) whose store is replayed into")
+    parser.add_argument("--window_store", default="memory", help="without --server: 'memory' or redis://HOST:PORT/DB")
     parser.add_argument("--model_name", help="the server's model name (default: the dataset)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -231,7 +237,7 @@ def main(argv=None) -> int:
         parser.error("--dataset is needed (the model does not say which dataset it was trained on)")
     window_s = 60 * (args.window_minutes or info.get("window_minutes") or 60)
     report = replay(dataset, args.input, args.output_dir, window_s, loaded, args.server, args.model_name,
-                    args.input_format)
+                    args.input_format, args.window_store)
     summary = {k: report[k] for k in ("labelled_records", "features_identical", "predictions_compared", "predictions_equal")}
     print(json.dumps(summary))
     full = report["features_identical"] == report["labelled_records"] and report["predictions_equal"] == report["predictions_compared"]

@@ -443,8 +443,9 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--model_name", help="the <name> in /v1/models/<name> (default: the dataset, else 'model')")
     parser.add_argument("--window_store", default="memory",
-                        help="where the windowed features' events are kept: 'memory' (this process), or 'none' to "
-                             "leave the windowed features to the caller")
+                        help="where the windowed features' events are kept: 'memory' (this process), "
+                             "redis://HOST:PORT/DB (shared by replicas; Memorystore), or 'none' to leave the windowed "
+                             "features to the caller")
     parser.add_argument("--window_minutes", type=int,
                         help="the windows' length (default: the preprocessing run's, from the model, else 60)")
     parser.add_argument("--freshness_tolerance_seconds", type=int, default=300,
@@ -458,14 +459,15 @@ def main(argv=None) -> int:
         parser.error(f"--model_dir {e}")
     name = args.model_name or model.info.get("dataset") or "model"
     windows = None
-    if args.window_store not in ("memory", "none"):
-        parser.error(f"--window_store {args.window_store!r}: 'memory' or 'none'")
     dataset = model.info.get("dataset")
-    if args.window_store == "memory" and dataset in WINDOWED_DATASETS:
+    if args.window_store != "none" and dataset in WINDOWED_DATASETS:
         minutes = args.window_minutes or model.info.get("window_minutes") or 60
-        windows = OnlineWindows(dataset, minutes * 60, tolerance_s=args.freshness_tolerance_seconds)
-        logger.info("windowed features filled from a %d-minute in-memory window store; events to POST %s",
-                    minutes, f"/v1/models/{name}/events")
+        try:
+            windows = OnlineWindows(dataset, minutes * 60, args.window_store, tolerance_s=args.freshness_tolerance_seconds)
+        except Exception as e:  # noqa: BLE001 - a wrong flag or an unreachable Redis: a usage error, said plainly
+            parser.error(f"--window_store {args.window_store}: {e}")
+        logger.info("windowed features filled from a %d-minute window store (%s); events to POST %s",
+                    minutes, args.window_store, f"/v1/models/{name}/events")
     logger.info("serving %s as %r on http://%s:%d/v1/models/%s", model.export_dir, name, args.host, args.port, name)
     uvicorn.run(create_app(model, name, windows), host=args.host, port=args.port, log_level="warning",
                 limit_concurrency=256, timeout_keep_alive=5)

@@ -27,6 +27,39 @@ from pipeline.records.model import KEY
 from pipeline.records.windows import Query, WindowFeature, event_groups, feature_values, window_stats
 
 
+def event_rows(groups, events: pa.RecordBatch):
+    """(kind index, time, key value, natural key, values) of each event of a batch, kind by kind."""
+    for g, group in enumerate(groups):
+        times = events.column(group.event_time)
+        keys = None if group.key is None else events.column(group.key)
+        rows = np.flatnonzero(model.valid(times) if keys is None else model.valid(times, keys))
+        if not len(rows):
+            continue
+        picked = pa.array(rows)
+        te = model.ints(times.take(picked)).tolist()
+        key_values = [None] * len(rows) if keys is None else keys.take(picked).to_pylist()
+        ids = events.column(KEY).take(picked).to_pylist()
+        columns = [model.numbers(events.column(f.value).take(picked)) if f.value else np.full(len(rows), np.nan)
+                   for f in group.features]
+        for t, key_value, own, vals in zip(te, key_values, ids, zip(*(c.tolist() for c in columns), strict=True), strict=True):
+            yield g, t, key_value, own, vals
+
+
+def query_window(group, query: Query, window_s: int, times: list, ids: list, values: list) -> dict:
+    """A query's values of one kind's features (name -> value, None where missing), from its key's
+    events in [t - window, t) given in time order (ties by natural key): :func:`window_stats`, as
+    the batch stage computes them, with the events summed in the same order."""
+    te = np.array(times, dtype=np.int64)
+    vals = np.array(values, dtype=np.float64).reshape(len(ids), len(group.features))
+    ranked = sorted(set(ids) | ({query.own_key} if query.own_key is not None else set()))
+    code = {b: i for i, b in enumerate(ranked)}
+    e_id = np.array([code[b] for b in ids], dtype=np.int64)
+    q_id = np.array([code[query.own_key] if query.own_key is not None else -1], dtype=np.int64)
+    sums, counts, n_events = window_stats(te, e_id, vals, [query.time], q_id, window_s)
+    return {name: None if missing[0] else value[0].item()
+            for name, (value, missing) in feature_values(group.features, sums, counts, n_events).items()}
+
+
 def _order(values: tuple) -> tuple:
     return tuple(math.inf if math.isnan(v) else v for v in values)  # NaN last, as first_per_key sorts
 
@@ -52,21 +85,8 @@ class MemoryWindowStore:
         if events is None or not events.num_rows:
             return out
         with self._lock:
-            for g, group in enumerate(self.groups):
-                times = events.column(group.event_time)
-                keys = None if group.key is None else events.column(group.key)
-                rows = np.flatnonzero(model.valid(times) if keys is None else model.valid(times, keys))
-                if not len(rows):
-                    continue
-                picked = pa.array(rows)
-                te = model.ints(times.take(picked)).tolist()
-                key_values = [None] * len(rows) if keys is None else keys.take(picked).to_pylist()
-                ids = events.column(KEY).take(picked).to_pylist()
-                columns = [model.numbers(events.column(f.value).take(picked)) if f.value else np.full(len(rows), np.nan)
-                           for f in group.features]
-                values = list(zip(*(c.tolist() for c in columns), strict=True))
-                for t, key_value, own, vals in zip(te, key_values, ids, values, strict=True):
-                    out[self._add_one(g, t, key_value, own, vals)] += 1
+            for g, t, key_value, own, vals in event_rows(self.groups, events):
+                out[self._add_one(g, t, key_value, own, vals)] += 1
             self.counts["received"] += events.num_rows
             for name, n in out.items():
                 self.counts[name] += n
@@ -118,16 +138,8 @@ class MemoryWindowStore:
                 lo = bisect.bisect_left(events, (query.time - self.window,))
                 hi = bisect.bisect_left(events, (query.time,))
                 window = events[lo:hi]
-                te = np.array([e[0] for e in window], dtype=np.int64)
-                ids = [e[1] for e in window]
-                vals = np.array([e[2] for e in window], dtype=np.float64).reshape(len(window), len(group.features))
-                ranked = sorted(set(ids) | ({query.own_key} if query.own_key is not None else set()))
-                code = {b: i for i, b in enumerate(ranked)}
-                e_id = np.array([code[b] for b in ids], dtype=np.int64)
-                q_id = np.array([code[query.own_key] if query.own_key is not None else -1], dtype=np.int64)
-                sums, counts, n_events = window_stats(te, e_id, vals, [query.time], q_id, self.window)
-                for name, (value, missing) in feature_values(group.features, sums, counts, n_events).items():
-                    out[name] = None if missing[0] else value[0].item()
+                out.update(query_window(group, query, self.window, [e[0] for e in window], [e[1] for e in window],
+                                        [e[2] for e in window]))
         return out
 
     def status(self) -> dict:

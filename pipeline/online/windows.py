@@ -26,6 +26,17 @@ class BadEvents(ValueError):
     """A client error in posted events; the message names the problem."""
 
 
+def open_store(spec: str, features, window_s: int, prefix: str | None = None):
+    """The window store ``spec`` names: "memory" (this process) or "redis://HOST:PORT/DB"."""
+    if spec == "memory":
+        return MemoryWindowStore(features, window_s)
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from pipeline.online.redis_store import RedisWindowStore  # the redis client, only where asked for
+
+        return RedisWindowStore(features, window_s, spec, prefix=prefix)
+    raise ValueError(f"window store {spec!r}: 'memory' or redis://HOST:PORT/DB")
+
+
 class OnlineWindows:
     def __init__(self, dataset: str, window_s: int, store=None, tolerance_s: int = 300, airports: str | None = None):
         if dataset not in DATASETS:
@@ -34,7 +45,9 @@ class OnlineWindows:
         self.features = self.module.WINDOW_FEATURES
         self.names = tuple(f.name for f in self.features)
         self.context = tuple(self.module.ONLINE_CONTEXT)
-        self.store = store if store is not None else MemoryWindowStore(self.features, window_s)
+        if store is None or isinstance(store, str):
+            store = open_store(store or "memory", self.features, window_s)
+        self.store = store
         self.tolerance = int(tolerance_s)
         self.events = Events(self.module.SCHEMA, self.features)
         self.airports = load_airports(airports) if dataset == "flights" else None
