@@ -51,32 +51,46 @@ def flights_out(tmp_path_factory) -> pathlib.Path:
     return out
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc, timeout_s: float) -> bool:
+    """Whether something listens on the loopback ``port`` before ``proc`` exits or the time is up."""
+    import socket
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                return False
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server (Debian's package) on a free loopback port, for this test session."""
     import shutil
-    import socket
     import subprocess
-    import time
 
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("needs redis-server (apt-get install redis-server; .ci/run installs it), absent on this machine")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     work = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.1)
+    if not wait_for_port(port, proc, 30):
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=30)

@@ -361,7 +361,8 @@ def create_app(model: LoadedModel, model_name: str, windows: OnlineWindows | Non
         if signature not in model.inputs:
             return error(400, f"unknown signature_name {signature!r}; available: {sorted(model.inputs)}")
         filled = None
-        if windows is not None and signature == DEFAULT_SIGNATURE and isinstance(body.get("instances"), list):
+        if (windows is not None and signature == DEFAULT_SIGNATURE and isinstance(body, dict)
+                and isinstance(body.get("instances"), list)):
             try:  # the client's own input is judged first, as it came
                 parse_request({**body, "instances": windows.without_context(body["instances"])}, model.inputs[signature])
                 instances, filled = windows.fill(body["instances"])
@@ -448,6 +449,9 @@ def main(argv=None) -> int:
                              "features to the caller")
     parser.add_argument("--window_minutes", type=int,
                         help="the windows' length (default: the preprocessing run's, from the model, else 60)")
+    parser.add_argument("--allowed_lateness_minutes", type=int,
+                        help="how long after its kind's latest event an event is still stored (default: one window); "
+                             "the store keeps the window plus this")
     parser.add_argument("--freshness_tolerance_seconds", type=int, default=300,
                         help="an instance whose prediction time is this far past the latest event is flagged incomplete")
     args = parser.parse_args(argv)
@@ -463,7 +467,9 @@ def main(argv=None) -> int:
     if args.window_store != "none" and dataset in WINDOWED_DATASETS:
         minutes = args.window_minutes or model.info.get("window_minutes") or 60
         try:
-            windows = OnlineWindows(dataset, minutes * 60, args.window_store, tolerance_s=args.freshness_tolerance_seconds)
+            lateness = None if args.allowed_lateness_minutes is None else args.allowed_lateness_minutes * 60
+            windows = OnlineWindows(dataset, minutes * 60, args.window_store, tolerance_s=args.freshness_tolerance_seconds,
+                                    lateness_s=lateness)
         except Exception as e:  # noqa: BLE001 - a wrong flag or an unreachable Redis: a usage error, said plainly
             parser.error(f"--window_store {args.window_store}: {e}")
         logger.info("windowed features filled from a %d-minute window store (%s); events to POST %s",

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 import redis
 
-from pipeline.online.store import event_rows, query_window
+from pipeline.online.store import event_rows, query_window, watermarks
 from pipeline.records.windows import Query, WindowFeature, event_groups
 
 _ADD = """
 local p, window, lateness, kinds, n = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local wm = tonumber(redis.call('GET', p .. ':watermark') or '')
+local wm = {}  -- per event kind
+for g = 0, kinds - 1 do wm[tostring(g)] = tonumber(redis.call('GET', p .. ':watermark:' .. g) or '') end
 local stored, dup, late, evicted = 0, 0, 0, 0
 local function less(a, b)  -- byte by byte: Lua's own < follows the server's locale
   for i = 1, math.min(#a, #b) do
@@ -39,10 +40,10 @@ end
 for i = 0, n - 1 do
   local b = 5 + i * 6
   local g, kv, m, t, o, v = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), ARGV[b + 4], ARGV[b + 5]
-  if wm and t < wm - window - lateness then
+  if wm[g] and t < wm[g] - window - lateness then
     late = late + 1
   else
-    if (not wm) or t > wm then wm = t end
+    if (not wm[g]) or t > wm[g] then wm[g] = t end
     local old = redis.call('HGET', p .. ':o:' .. g, m)
     if old then
       dup = dup + 1
@@ -56,10 +57,11 @@ for i = 0, n - 1 do
     end
   end
 end
-if wm then
-  redis.call('SET', p .. ':watermark', wm)
-  local horizon = '(' .. (wm - window - lateness)
-  for g = 0, kinds - 1 do
+for g = 0, kinds - 1 do
+  local mark = wm[tostring(g)]
+  if mark then
+    redis.call('SET', p .. ':watermark:' .. g, mark)
+    local horizon = '(' .. (mark - window - lateness)
     local old = redis.call('ZRANGEBYSCORE', p .. ':x:' .. g, '-inf', horizon)
     for _, m in ipairs(old) do
       redis.call('ZREM', p .. ':z:' .. g .. ':' .. redis.call('HGET', p .. ':k:' .. g, m), m)
@@ -161,10 +163,10 @@ class RedisWindowStore:
 
     def status(self) -> dict:
         counts = {k.decode(): int(v) for k, v in self.client.hgetall(self.prefix + ":counts").items()}
-        watermark = self.client.get(self.prefix + ":watermark")
+        marks = [self.client.get(f"{self.prefix}:watermark:{g}") for g in range(len(self.groups))]
         kept = sum(self.client.hlen(f"{self.prefix}:o:{g}") for g in range(len(self.groups)))
         return {"received": 0, "stored": 0, "duplicates": 0, "late": 0, "evicted": 0, **counts,
-                "watermark": None if watermark is None else int(float(watermark)), "window_seconds": self.window,
+                **watermarks(self.groups, [None if m is None else int(float(m)) for m in marks]), "window_seconds": self.window,
                 "allowed_lateness_seconds": self.lateness, "kept": kept, "store": "redis"}
 
     def clear(self) -> None:

@@ -5,8 +5,9 @@ Events are those of :class:`pipeline.records.events.Events` (the batch parse sta
 its key's events in ``[t - window, t)`` from :func:`pipeline.records.windows.window_stats`, with the
 events in the order batch sums them (time, then the natural key's bytes), so the values are the
 batch pipeline's to the bit. An event re-sent (one natural key and kind) counts once: the earliest
-(time, values), as in batch. Events may arrive in any order; one older than the watermark (the
-latest event time seen) minus the window and the allowed lateness is *late*: it could only change
+(time, values), as in batch. Events may arrive in any order; one older than its kind's watermark (the
+latest time seen of that kind: a record published after its arrival brings an older departure, which
+is on time for departures) minus the window and the allowed lateness is *late*: it could only change
 windows that are already past, and is counted and dropped. Retention is the window plus the allowed
 lateness, so memory stays flat over a long stream.
 """
@@ -60,6 +61,13 @@ def query_window(group, query: Query, window_s: int, times: list, ids: list, val
             for name, (value, missing) in feature_values(group.features, sums, counts, n_events).items()}
 
 
+def watermarks(groups, marks: list) -> dict:
+    """The status' watermarks: per event kind, and overall the earliest (how far every window is known)."""
+    known = [m for m in marks if m is not None]
+    return {"watermark": min(known) if len(known) == len(marks) else None,
+            "watermarks": {g.event_time: m for g, m in zip(groups, marks, strict=True)}}
+
+
 def _order(values: tuple) -> tuple:
     return tuple(math.inf if math.isnan(v) else v for v in values)  # NaN last, as first_per_key sorts
 
@@ -71,11 +79,11 @@ class MemoryWindowStore:
         self.groups = event_groups(features)
         self.window = int(window_s)
         self.lateness = self.window if lateness_s is None else int(lateness_s)
-        self.watermark: int | None = None
+        self.watermarks: list[int | None] = [None] * len(self.groups)  # per event kind
         self.counts = {"received": 0, "stored": 0, "duplicates": 0, "late": 0, "evicted": 0}
         self._events: dict[tuple, list] = {}  # (group, key value) -> [(time, natural key, values), ...] sorted
         self._seen: dict[tuple, tuple] = {}  # (group, natural key) -> (time, values, key value)
-        self._expiry: list = []  # heap of (time, group, natural key)
+        self._expiry: list[list] = [[] for _ in self.groups]  # per kind, a heap of (time, natural key)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ events in
@@ -94,10 +102,11 @@ class MemoryWindowStore:
         return out
 
     def _add_one(self, g: int, t: int, key_value, own: bytes, vals: tuple) -> str:
-        if self.watermark is not None and t < self.watermark - self.window - self.lateness:
+        watermark = self.watermarks[g]
+        if watermark is not None and t < watermark - self.window - self.lateness:
             return "late"
-        if self.watermark is None or t > self.watermark:
-            self.watermark = t
+        if watermark is None or t > watermark:
+            self.watermarks[g] = t
         seen = self._seen.get((g, own))
         if seen is not None:
             if (t, _order(vals)) < (seen[0], _order(seen[1])):  # the earliest copy stands, as in batch
@@ -111,12 +120,16 @@ class MemoryWindowStore:
     def _insert(self, g, t, key_value, own, vals) -> None:
         bisect.insort(self._events.setdefault((g, key_value), []), (t, own, vals))
         self._seen[(g, own)] = (t, vals, key_value)
-        heapq.heappush(self._expiry, (t, g, own))
+        heapq.heappush(self._expiry[g], (t, own))
 
     def _evict(self) -> None:
-        horizon = self.watermark - self.window - self.lateness
-        while self._expiry and self._expiry[0][0] < horizon:
-            t, g, own = heapq.heappop(self._expiry)
+        for g, expiry in enumerate(self._expiry):
+            if self.watermarks[g] is not None:
+                self._evict_kind(g, expiry, self.watermarks[g] - self.window - self.lateness)
+
+    def _evict_kind(self, g: int, expiry: list, horizon: int) -> None:
+        while expiry and expiry[0][0] < horizon:
+            t, own = heapq.heappop(expiry)
             seen = self._seen.get((g, own))
             if seen is None or seen[0] != t:  # replaced by an earlier copy: that one has its own entry
                 continue
@@ -144,5 +157,5 @@ class MemoryWindowStore:
 
     def status(self) -> dict:
         with self._lock:
-            return {**self.counts, "watermark": self.watermark, "window_seconds": self.window,
+            return {**self.counts, **watermarks(self.groups, self.watermarks), "window_seconds": self.window,
                     "allowed_lateness_seconds": self.lateness, "kept": len(self._seen)}

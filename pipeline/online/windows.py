@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pipeline.datasets import flights, taxi
 from pipeline.datasets.airports import load_airports
+from pipeline.online.redis_store import RedisWindowStore
 from pipeline.online.store import MemoryWindowStore
 from pipeline.records.events import Events
 
@@ -26,19 +27,19 @@ class BadEvents(ValueError):
     """A client error in posted events; the message names the problem."""
 
 
-def open_store(spec: str, features, window_s: int, prefix: str | None = None):
-    """The window store ``spec`` names: "memory" (this process) or "redis://HOST:PORT/DB"."""
+def open_store(spec: str, features, window_s: int, prefix: str | None = None, lateness_s: int | None = None):
+    """The window store ``spec`` names: "memory" (this process) or "redis://HOST:PORT/DB"; events may
+    arrive ``lateness_s`` (default: one window) after their kind's watermark."""
     if spec == "memory":
-        return MemoryWindowStore(features, window_s)
+        return MemoryWindowStore(features, window_s, lateness_s)
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        from pipeline.online.redis_store import RedisWindowStore  # the redis client, only where asked for
-
-        return RedisWindowStore(features, window_s, spec, prefix=prefix)
+        return RedisWindowStore(features, window_s, spec, lateness_s, prefix=prefix)
     raise ValueError(f"window store {spec!r}: 'memory' or redis://HOST:PORT/DB")
 
 
 class OnlineWindows:
-    def __init__(self, dataset: str, window_s: int, store=None, tolerance_s: int = 300, airports: str | None = None):
+    def __init__(self, dataset: str, window_s: int, store=None, tolerance_s: int = 300, airports: str | None = None,
+                 lateness_s: int | None = None):
         if dataset not in DATASETS:
             raise ValueError(f"no online windows for dataset {dataset!r}; known: {sorted(DATASETS)}")
         self.module = DATASETS[dataset]
@@ -46,13 +47,19 @@ class OnlineWindows:
         self.names = tuple(f.name for f in self.features)
         self.context = tuple(self.module.ONLINE_CONTEXT)
         if store is None or isinstance(store, str):
-            store = open_store(store or "memory", self.features, window_s)
+            store = open_store(store or "memory", self.features, window_s, lateness_s=lateness_s)
         self.store = store
         self.tolerance = int(tolerance_s)
         self.events = Events(self.module.SCHEMA, self.features)
         self.airports = load_airports(airports) if dataset == "flights" else None
-        self.layouts = self.module.layouts(self.airports) if dataset == "flights" else self.module.layouts()
+        self.layouts = self.layouts_of(dataset, self.airports)
         self.rejected = 0
+
+    @staticmethod
+    def layouts_of(dataset: str, airports: dict | None = None) -> dict:
+        """The layouts the dataset's raw records may come in (preprocessing's own)."""
+        module = DATASETS[dataset]
+        return module.layouts(airports or load_airports()) if dataset == "flights" else module.layouts()
 
     # ------------------------------------------------------------------ events in
     def ingest(self, body) -> dict:
@@ -113,7 +120,7 @@ class OnlineWindows:
             if wanted:
                 try:
                     query = self.module.online_query(instance, self.airports)
-                except ValueError as e:
+                except (ValueError, TypeError) as e:  # e.g. a b64 object where the origin's code belongs
                     raise BadEvents(f"instances[{i}]: cannot place it in time to fill {wanted}: {e}") from None
                 values = self.store.features(query)
                 row.update({n: values[n] for n in wanted})

@@ -3,7 +3,8 @@
 An event batch holds :func:`pipeline.records.windows.fact_columns` (the natural key, then each window
 feature's key, event time and value, typed as the records are) and ``_key``, the natural key's
 fingerprint. A row gives the events whose own fields are valid, whatever becomes of the row as a
-record; a value outside its schema range is missing (the event still happened, its value is not averaged).
+record; a value outside its schema range is missing (the event still happened, its value is not averaged;
+an event that is only averaged, such as a departure timed by its own delay, is then no event).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.records import model
 from pipeline.records.dataset import Layout
@@ -40,6 +42,10 @@ class Events:
         self.arrow_schema = pa.schema([arrow.field(c) for c in self.columns] + [arrow.field(KEY)])
         self.times = tuple(dict.fromkeys(f.event_time for f in self.features))
         self.values = tuple(dict.fromkeys(f.value for f in self.features if f.value))
+        # An event only averaged (no count of it) is no event without a valid value: its time derives
+        # from it (a departure's time is the schedule plus the delay).
+        counted = {f.event_time for f in self.features if f.value is None}
+        self.timed_by = {f.value: f.event_time for f in self.features if f.value and f.event_time not in counted}
 
     def batch(self, parts: Sequence[pa.RecordBatch | Mapping | list]) -> pa.RecordBatch | None:
         """The events of ``parts`` (batches with the fact columns, dicts of columns, or lists of
@@ -77,6 +83,10 @@ class Events:
                     bad |= x > column.max_value
             if bad.any():
                 columns[name] = pa.array(np.where(bad, 0.0, x), mask=bad)
+                time = self.timed_by.get(name)
+                if time is not None:
+                    t = events.column(time)
+                    columns[time] = pa.array(model.ints(pc.fill_null(t, 0)), mask=bad | ~model.valid(t))
         return model.replace(events, columns)
 
     def of_lines(self, layout: Layout, header: str, lines: Sequence[str]) -> pa.RecordBatch | None:

@@ -100,7 +100,8 @@ def numbers(column: pa.Array) -> np.ndarray:
     """A numeric (or all-null) column as float64, NaN where missing."""
     if pa.types.is_null(column.type):
         return np.full(len(column), np.nan)
-    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    # Unsafe: an int beyond 2**53 (e.g. a time from an absurd delay) becomes its nearest float, not an error.
+    return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def ints(column: pa.Array) -> np.ndarray:
