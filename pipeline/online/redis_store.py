@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import redis
 
-from pipeline.online.store import event_rows, query_window, watermarks
+from pipeline.online.store import DEFAULT_LATENESS_S, event_rows, query_window, watermarks
 from pipeline.records.windows import Query, WindowFeature, event_groups
 
 _ADD = """
@@ -116,7 +116,7 @@ class RedisWindowStore:
                  prefix: str | None = None):
         self.groups = event_groups(features)
         self.window = int(window_s)
-        self.lateness = self.window if lateness_s is None else int(lateness_s)
+        self.lateness = DEFAULT_LATENESS_S if lateness_s is None else int(lateness_s)
         self.prefix = prefix or "windows:" + ",".join(f.name for f in features) + f":{self.window}"
         self.client = redis.Redis.from_url(url, socket_timeout=10)
         self.client.ping()  # a wrong URL fails here, at startup, not at the first request

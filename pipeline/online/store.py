@@ -9,7 +9,7 @@ batch pipeline's to the bit. An event re-sent (one natural key and kind) counts 
 latest time seen of that kind: a record published after its arrival brings an older departure, which
 is on time for departures) minus the window and the allowed lateness is *late*: it could only change
 windows that are already past, and is counted and dropped. Retention is the window plus the allowed
-lateness, so memory stays flat over a long stream.
+lateness (default a day), so memory stays flat over a long stream.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def query_window(group, query: Query, window_s: int, times: list, ids: list, val
             for name, (value, missing) in feature_values(group.features, sums, counts, n_events).items()}
 
 
+# How long after its kind's latest event an event still counts: a day, so that a day's file posted in its
+# own order (sorted by schedule, not by event time) is stored whole; memory holds the window plus this.
+DEFAULT_LATENESS_S = 86400
+
+
 def watermarks(groups, marks: list) -> dict:
     """The status' watermarks: per event kind, and overall the earliest (how far every window is known)."""
     known = [m for m in marks if m is not None]
@@ -78,7 +83,7 @@ class MemoryWindowStore:
     def __init__(self, features: Sequence[WindowFeature], window_s: int, lateness_s: int | None = None):
         self.groups = event_groups(features)
         self.window = int(window_s)
-        self.lateness = self.window if lateness_s is None else int(lateness_s)
+        self.lateness = DEFAULT_LATENESS_S if lateness_s is None else int(lateness_s)
         self.watermarks: list[int | None] = [None] * len(self.groups)  # per event kind
         self.counts = {"received": 0, "stored": 0, "duplicates": 0, "late": 0, "evicted": 0}
         self._events: dict[tuple, list] = {}  # (group, key value) -> [(time, natural key, values), ...] sorted
