@@ -97,7 +97,8 @@ def pubsub_emulator(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("pubsub") / "emulator.log", "w")
     proc = subprocess.Popen([gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})  # never offer to install it
     if not wait_for_port(port, proc, 90):
         os.killpg(proc.pid, 15)
         pytest.skip(f"the Pub/Sub emulator did not start here (see {log.name}): gcloud lacks the component")
