@@ -161,6 +161,10 @@ class RedisWindowStore:
             out.update(query_window(group, query, self.window, times, ids, vals))
         return out
 
+    def watermark(self) -> int | None:
+        marks = self.client.mget([f"{self.prefix}:watermark:{g}" for g in range(len(self.groups))])
+        return watermarks(self.groups, [None if m is None else int(float(m)) for m in marks])["watermark"]
+
     def status(self) -> dict:
         counts = {k.decode(): int(v) for k, v in self.client.hgetall(self.prefix + ":counts").items()}
         marks = [self.client.get(f"{self.prefix}:watermark:{g}") for g in range(len(self.groups))]

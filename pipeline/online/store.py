@@ -160,6 +160,11 @@ class MemoryWindowStore:
                                         [e[2] for e in window]))
         return out
 
+    def watermark(self) -> int | None:
+        """How far every kind's events are known: the earliest kind's latest event time (None: a kind unseen)."""
+        with self._lock:
+            return watermarks(self.groups, self.watermarks)["watermark"]
+
     def status(self) -> dict:
         with self._lock:
             return {**self.counts, **watermarks(self.groups, self.watermarks), "window_seconds": self.window,

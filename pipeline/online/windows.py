@@ -63,7 +63,8 @@ class OnlineWindows:
 
     # ------------------------------------------------------------------ events in
     def ingest(self, body) -> dict:
-        """A posted body of events -> what became of them (rows, events stored, duplicates, late, rejected)."""
+        """A posted body of events -> what became of them: rows, events stored, duplicates and late, and
+        rows rejected (that gave no valid event: unreadable, or no event's fields valid, e.g. cancelled)."""
         if not isinstance(body, dict) or set(body) - {"records", "layout", "header", "events"}:
             raise BadEvents("the body must be {'records': [...], 'layout': ..., 'header': ...} or {'events': [...]}")
         if ("records" in body) == ("events" in body):
@@ -107,7 +108,7 @@ class OnlineWindows:
         """Instances -> (the model's instances: windowed features filled where absent, context
         fields removed; per instance what was filled, the watermark and whether its windows may be
         incomplete). A windowed feature the caller sent is kept as sent."""
-        watermark = self.store.status()["watermark"]
+        watermark = self.store.watermark()
         model_rows, meta = [], []
         for i, instance in enumerate(instances):
             if not isinstance(instance, dict):
