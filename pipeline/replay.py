@@ -183,8 +183,7 @@ def replay(dataset_name: str, input_pattern: str, output_dir: str, window_s: int
         instance = instance_of(record, online, schema)
         if target:
             meta, prediction = target.fill_and_predict(instance)
-            filled_instance = {**{k: v for k, v in instance.items() if k not in online.context}}
-            filled_instance.update(meta.get("values", {}))
+            filled_instance = {**online.without_context([instance])[0], **meta.get("values", {})}
         else:
             (filled_instance,), (meta,) = online.fill([instance])
             prediction = None

@@ -22,6 +22,8 @@ from pipeline.records.model import KEY
 from pipeline.records.verdicts import Exclude, Reject, Verdicts
 from pipeline.records.windows import WindowFeature, fact_columns
 
+EVENTS = "events"  # the tag of event batches between the parse and the window stage
+
 
 def valid_fields(record: Mapping, schema) -> dict:
     """The fields of a record that pass their own column's check (what a record rejected for a range

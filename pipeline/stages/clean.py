@@ -9,9 +9,10 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipeline.records import coder  # noqa: F401 - registers the coder of record batches
+from pipeline.records.events import EVENTS
 from pipeline.records.verdicts import EXCLUDED, REJECTED, to_json_line
 from pipeline.stages import manifest
-from pipeline.stages.parse import EVENTS, ParseChunks
+from pipeline.stages.parse import ParseChunks
 from pipeline.stages.read import LINES, READ, ReadRawLines, parser_factory
 from pipeline.stages.window import WindowRecords
 

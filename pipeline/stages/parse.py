@@ -10,14 +10,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.records import model
-from pipeline.records.events import Events, valid_fields
+from pipeline.records.events import EVENTS, Events, valid_fields
 from pipeline.records.ids import fingerprints
 from pipeline.records.model import ID, KEY, LINE, SOURCE
 from pipeline.records.verdicts import EXCLUDED, REJECTED, Exclude, Reject, Verdicts, dead_letter
 
 logger = logging.getLogger(__name__)
-
-EVENTS = "events"
 
 
 class _Facts(dict):

@@ -37,6 +37,7 @@ from pipeline.records import (
     coder,  # noqa: F401 - registers the coder of record batches
     model,
 )
+from pipeline.records.events import EVENTS
 from pipeline.records.model import ID, KEY, LINE, SOURCE
 from pipeline.records.verdicts import REJECTED, dead_letter
 from pipeline.records.windows import (
@@ -49,7 +50,6 @@ from pipeline.records.windows import (
 )
 
 RECORDS = "records"
-EVENTS = "events"
 _NO_TIME = "\x00"  # the group of a record without a prediction time: its own (this mark and its id)
 
 
